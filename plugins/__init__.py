@@ -1,0 +1,1 @@
+"""The plugins that ship with the framework; each sub-package is one task."""

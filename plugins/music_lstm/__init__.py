@@ -1,0 +1,15 @@
+"""Music task: a character-level LSTM that writes ABC tunes conditioned on a style label."""
+
+from framework.plugin import Plugin
+
+plugin = Plugin(
+    name="music",
+    description="character-level LSTM over ABC notation, conditioned on style/region",
+    modes={
+        "train": "framework.runner:train",
+        "generate": "plugins.music_lstm.generate:run",
+        "evaluate": "plugins.music_lstm.evaluate:run",
+    },
+    conf_package="plugins.music_lstm.conf",
+    model_modes=("generate", "evaluate"),
+)
