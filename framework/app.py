@@ -1,0 +1,42 @@
+"""The Hydra task function: one run of one mode of one task."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from framework import registry, runs
+from framework.cli import CONF_DIR
+
+log = logging.getLogger("framework")
+
+
+def run(cfg: DictConfig):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from framework import devices
+
+    plugin = registry.check_mode(cfg.task.name, cfg.mode)
+    is_zero = rank_zero_only.rank == 0
+    if is_zero:
+        for line in devices.report(dict(cfg.trainer)):
+            log.info(line)
+        log.info("task=%s mode=%s run dir: %s", cfg.task.name, cfg.mode, runs.run_dir())
+    metrics = plugin.mode_function(cfg.mode)(cfg) or {}
+    if is_zero:
+        metrics = runs.write_metrics(metrics)
+        print(json.dumps(metrics), flush=True)
+    if cfg.get("optimized_metric"):
+        if cfg.optimized_metric not in metrics:
+            raise KeyError(f"optimized_metric {cfg.optimized_metric!r} not in this run's metrics: {sorted(metrics)}")
+        return metrics[cfg.optimized_metric]
+    return metrics
+
+
+# An absolute path: relative ones are read as a Python package when started with `python -m`.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig):
+    return run(cfg)
