@@ -1,0 +1,183 @@
+"""The alert engine: the rules that turn a stream of readings and window probabilities into alerts.
+
+Pure logic (no I/O, no clock of its own), so the rules are tested by feeding it samples.
+
+Rules (the numbers are ``alerts.*`` in conf/task/gasleak.yaml):
+- model: a leak is confirmed after ``consecutive`` (3) windows in a row with probability >=
+  ``probability`` (0.7) -- the original system's rule against false alarms, the same rule the
+  evaluate mode measures latency with. Level ``warning``.
+- thresholds: ``threshold_samples`` readings in a row at or above ``warning_ppm`` (500) open a
+  ``warning``, at or above ``danger_ppm`` (1000) a ``danger``, whatever the model says.
+- one sensor has at most one open leak alert; it escalates (warning -> danger) rather than
+  opening another, and records its peak ppm and peak probability.
+- it closes when readings are back to normal: ``clear_samples`` readings in a row below
+  ``warning_ppm`` whose latest window probability is below ``probability``.
+- offline: no reading for ``offline_after_s`` seconds opens an ``offline`` alert (level
+  ``offline_level``, ``info`` by default); the next reading closes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+LEVELS = ("info", "warning", "danger")
+RANK = {level: i for i, level in enumerate(LEVELS)}
+# Events worth telling people about; "updated" (a new peak) is only stored.
+NOTIFY = ("opened", "escalated", "closed")
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    consecutive: int = 3
+    probability: float = 0.7
+    warning_ppm: float = 500.0
+    danger_ppm: float = 1000.0
+    threshold_samples: int = 2
+    clear_samples: int = 10
+    offline_after_s: float = 15.0
+    offline_level: str = "info"
+
+    def __post_init__(self):
+        if self.consecutive < 1 or self.threshold_samples < 1 or self.clear_samples < 1:
+            raise ValueError("alerts.consecutive, threshold_samples and clear_samples must be >= 1")
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError(f"alerts.probability must be in (0, 1], not {self.probability}")
+        if not 0 < self.warning_ppm < self.danger_ppm:
+            raise ValueError(f"alerts: need 0 < warning_ppm < danger_ppm, got {self.warning_ppm}, {self.danger_ppm}")
+        if self.offline_level not in LEVELS:
+            raise ValueError(f"alerts.offline_level must be one of {LEVELS}, not {self.offline_level!r}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "AlertRules":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+
+
+@dataclass
+class _Track:
+    positives: int = 0       # consecutive windows at or above the probability
+    warn_run: int = 0        # consecutive readings >= warning_ppm
+    danger_run: int = 0      # consecutive readings >= danger_ppm
+    normal_run: int = 0      # consecutive normal readings while a leak alert is open
+    probability: float | None = None
+    leak: dict | None = None
+    offline: dict | None = None
+
+
+class AlertEngine:
+    def __init__(self, rules: AlertRules, open_alerts: Iterable[dict] = ()):
+        self.rules = rules
+        self.tracks: dict[str, _Track] = {}
+        for alert in open_alerts:  # after a restart, carry on with the alerts that were open
+            track = self._track(alert["sensor_id"])
+            setattr(track, "leak" if alert["kind"] == "leak" else "offline", dict(alert))
+
+    def _track(self, sensor_id: str) -> _Track:
+        if sensor_id not in self.tracks:
+            self.tracks[sensor_id] = _Track()
+        return self.tracks[sensor_id]
+
+    def observe(self, sensor_id: str, ts: float, ppm: float, probability: float | None = None) -> list[tuple[str, dict]]:
+        """One reading, with the probability of the window it ends (None while warming up or unscored).
+
+        Returns the alert changes as (event, alert) with event in opened/escalated/updated/closed."""
+        r, t, changes = self.rules, self._track(sensor_id), []
+        if t.offline is not None:
+            t.offline.update(end_ts=ts, message=f"sensor {sensor_id} offline, back at this reading")
+            changes.append(("closed", t.offline))
+            t.offline = None
+
+        if probability is not None:
+            t.probability = float(probability)
+            t.positives = t.positives + 1 if probability >= r.probability else 0
+        t.warn_run = t.warn_run + 1 if ppm >= r.warning_ppm else 0
+        t.danger_run = t.danger_run + 1 if ppm >= r.danger_ppm else 0
+
+        level, causes = None, []
+        if t.danger_run >= r.threshold_samples:
+            level, causes = "danger", ["threshold"]
+        elif t.warn_run >= r.threshold_samples:
+            level, causes = "warning", ["threshold"]
+        if t.positives >= r.consecutive:
+            level, causes = level or "warning", causes + ["model"]
+
+        if level is not None:
+            t.normal_run = 0
+            if t.leak is None:
+                t.leak = {"id": None, "sensor_id": sensor_id, "kind": "leak", "level": level, "causes": causes,
+                          "start_ts": ts, "end_ts": None, "peak_ppm": ppm, "peak_probability": t.probability,
+                          "message": self._message(sensor_id, level, causes, ppm, t.probability)}
+                return changes + [("opened", t.leak)]
+            leak = t.leak
+            escalated = RANK[level] > RANK[leak["level"]]
+            leak["causes"] = leak["causes"] + [c for c in causes if c not in leak["causes"]]
+            if escalated:
+                leak["level"] = level
+                leak["message"] = self._message(sensor_id, level, causes, ppm, t.probability)
+            self._peaks(leak, ppm, t.probability)
+            return changes + [("escalated" if escalated else "updated", leak)]
+
+        if t.leak is not None:
+            normal = ppm < r.warning_ppm and (t.probability is None or t.probability < r.probability)
+            t.normal_run = t.normal_run + 1 if normal else 0
+            changed = self._peaks(t.leak, ppm, t.probability)
+            if t.normal_run >= r.clear_samples:
+                t.leak.update(end_ts=ts)
+                t.leak["message"] += f"; back to normal ({ppm:.0f} ppm)"
+                changes.append(("closed", t.leak))
+                t.leak, t.normal_run = None, 0
+            elif changed:
+                changes.append(("updated", t.leak))
+        return changes
+
+    def check_offline(self, last_seen: dict[str, float], now: float) -> list[tuple[str, dict]]:
+        """Open an offline alert for each sensor silent for longer than ``offline_after_s``."""
+        changes = []
+        for sensor_id, seen in last_seen.items():
+            t = self._track(sensor_id)
+            if t.offline is None and now - seen > self.rules.offline_after_s:
+                t.offline = {"id": None, "sensor_id": sensor_id, "kind": "offline", "level": self.rules.offline_level,
+                             "causes": ["offline"], "start_ts": now, "end_ts": None, "peak_ppm": None,
+                             "peak_probability": None,
+                             "message": f"sensor {sensor_id} offline: no reading for {now - seen:.0f} s"}
+                # a window must not span the gap: the detector starts over when it is back
+                t.positives = t.warn_run = t.danger_run = 0
+                changes.append(("opened", t.offline))
+        return changes
+
+    def state(self, sensor_id: str) -> str | None:
+        """normal / suspect / warning / danger / offline (None for a sensor it has not seen)."""
+        t = self.tracks.get(sensor_id)
+        if t is None:
+            return None
+        if t.offline is not None:
+            return "offline"
+        if t.leak is not None:
+            return t.leak["level"]
+        if t.positives > 0 or t.warn_run > 0:
+            return "suspect"
+        return "normal"
+
+    def reset_window(self, sensor_id: str) -> None:
+        """The sensor's window history was cut (a gap): consecutive-window counting starts over."""
+        self._track(sensor_id).positives = 0
+
+    @staticmethod
+    def _peaks(alert: dict, ppm: float, probability: float | None) -> bool:
+        changed = False
+        if alert["peak_ppm"] is None or ppm > alert["peak_ppm"]:
+            alert["peak_ppm"], changed = ppm, True
+        if probability is not None and (alert["peak_probability"] is None or probability > alert["peak_probability"]):
+            alert["peak_probability"], changed = probability, True
+        return changed
+
+    def _message(self, sensor_id, level, causes, ppm, probability) -> str:
+        r, why = self.rules, []
+        if "threshold" in causes:
+            limit = r.danger_ppm if level == "danger" else r.warning_ppm
+            why.append(f"gas {ppm:.0f} ppm >= {limit:.0f} ppm for {r.threshold_samples} readings")
+        if "model" in causes:
+            why.append(f"the detector confirmed a leak ({r.consecutive} windows in a row at p >= {r.probability:g}"
+                       + (f", p={probability:.2f})" if probability is not None else ")"))
+        return f"{level.upper()} sensor {sensor_id}: " + "; ".join(why)

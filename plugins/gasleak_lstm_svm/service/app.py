@@ -1,0 +1,284 @@
+"""The FastAPI app: routers for status, sensor data, alerts and the dashboard (OpenAPI at /docs).
+
+``create_app`` takes a running ``Pipeline``; everything else (the token, limits, the MQTT bridge
+for status) comes in as ``ServiceSettings``. Write endpoints (ingest, acknowledge) depend on
+``require_token``: with a token configured they want ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import TypeAdapter, ValidationError
+
+from plugins.gasleak_lstm_svm.service.pipeline import IngestError, Pipeline
+from plugins.gasleak_lstm_svm.service.schemas import (
+    SENSOR_ID_PATTERN, AlertOut, AlertsPage, IngestResult, Level, Reading, ReadingOut, ReadingsPage,
+    Status, iso)
+
+STATIC = Path(__file__).with_name("static")
+_READINGS = TypeAdapter(list[Reading])
+
+
+@dataclass
+class ServiceSettings:
+    token: str | None = None
+    max_batch: int = 1000
+    max_body_bytes: int = 1_048_576
+    bridge: Any = None  # MqttBridge or None
+
+
+# ---- dependencies --------------------------------------------------------------------------------
+def get_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def require_token(request: Request, settings: Annotated[ServiceSettings, Depends(get_settings)]) -> None:
+    if not settings.token:
+        return
+    scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), settings.token.encode()):
+        raise HTTPException(401, "this endpoint needs `Authorization: Bearer <token>` (serve.token / GASLEAK_API_TOKEN)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+SensorIdQuery = Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN, description="only this sensor")]
+Since = Annotated[float | None, Query(ge=0, description="Unix seconds, inclusive")]
+Until = Annotated[float | None, Query(ge=0, description="Unix seconds, inclusive")]
+
+
+def _check_range(since: float | None, until: float | None) -> None:
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not math.isfinite(value):
+            raise HTTPException(422, f"{name} must be a finite number of Unix seconds")
+    if since is not None and until is not None and since > until:
+        raise HTTPException(422, f"since ({since}) is after until ({until})")
+
+
+def _alert_out(alert: dict) -> AlertOut:
+    return AlertOut(id=alert["id"], sensor_id=alert["sensor_id"], kind=alert["kind"], level=alert["level"],
+                    causes=alert["causes"], start=alert["start_ts"], end=alert["end_ts"],
+                    start_time=iso(alert["start_ts"]), end_time=iso(alert["end_ts"]), open=alert["end_ts"] is None,
+                    peak_ppm=alert["peak_ppm"], peak_probability=alert["peak_probability"],
+                    acknowledged=alert["acknowledged"], acknowledged_at=alert["acknowledged_at"],
+                    message=alert["message"])
+
+
+# ---- routers -----------------------------------------------------------------------------------------
+health = APIRouter(tags=["health"])
+
+
+@health.get("/health", summary="Liveness: the process answers and its storage is readable")
+def get_health(pipeline: PipelineDep) -> dict:
+    pipeline.storage.count_readings()
+    return {"status": "ok"}
+
+
+status = APIRouter(prefix="/api", tags=["status"])
+
+
+@status.get("/status", response_model=Status, summary="The system, the model, each sensor, the open alerts")
+def get_status(pipeline: PipelineDep, settings: Annotated[ServiceSettings, Depends(get_settings)]) -> Status:
+    now = time.time()
+    counts = pipeline.storage.alert_counts()
+    bridge = settings.bridge
+    stats = dict(pipeline.stats)
+    return Status(
+        system_running=True, timestamp=now, time=iso(now), uptime_s=round(now - pipeline.started, 3),
+        model_status=pipeline.model_status(), sensors=pipeline.sensor_views(), alerts=counts,
+        mqtt=bridge.status() if bridge is not None else {"enabled": False, "connected": False},
+        storage={"path": str(pipeline.storage.path), "synchronous": pipeline.storage.synchronous,
+                 "retention_hours": None if pipeline.storage.retention_s is None else pipeline.storage.retention_s / 3600},
+        detection={**stats, "window": pipeline.window, "rules": dataclasses.asdict(pipeline.engine.rules)},
+    )
+
+
+sensors = APIRouter(prefix="/api/sensor", tags=["sensors"])
+
+_READING_SCHEMA = Reading.model_json_schema()
+INGEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [
+            _READING_SCHEMA,
+            {"type": "array", "items": _READING_SCHEMA},
+            {"type": "object", "properties": {"readings": {"type": "array", "items": _READING_SCHEMA}},
+             "required": ["readings"], "additionalProperties": False},
+        ]}}},
+    }
+}
+
+
+@sensors.post("/readings", status_code=201, response_model=IngestResult, dependencies=[Depends(require_token)],
+              summary="Store one reading or a batch (an object, a list, or {\"readings\": [...]})",
+              openapi_extra=INGEST_BODY,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "batch or body too large"},
+                         422: {"description": "a reading is invalid; nothing was stored"}})
+def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeline: PipelineDep,
+                  settings: Annotated[ServiceSettings, Depends(get_settings)]) -> IngestResult:
+    if isinstance(payload, dict) and "readings" in payload:
+        extra = sorted(set(payload) - {"readings"})
+        if extra:
+            raise RequestValidationError([{"type": "extra_forbidden", "loc": ("body", extra[0]),
+                                           "msg": "Extra inputs are not permitted"}])
+        items, prefix, single = payload["readings"], ("body", "readings"), False
+        if not isinstance(items, list):
+            raise RequestValidationError([{"type": "list_type", "loc": prefix, "msg": "readings must be a list"}])
+    elif isinstance(payload, dict):
+        items, prefix, single = [payload], ("body",), True
+    elif isinstance(payload, list):
+        items, prefix, single = payload, ("body",), False
+    else:
+        raise RequestValidationError([{"type": "model_type", "loc": ("body",),
+                                       "msg": "send a reading object, a list of them, or {\"readings\": [...]}"}])
+    if not items:
+        raise RequestValidationError([{"type": "too_short", "loc": prefix, "msg": "the batch is empty"}])
+    if len(items) > settings.max_batch:
+        raise HTTPException(413, f"batch of {len(items)} readings is over the limit of {settings.max_batch} (serve.max_batch)")
+    try:
+        readings = _READINGS.validate_python(items)
+    except ValidationError as exc:  # one bad reading refuses the whole batch: nothing is stored
+        raise RequestValidationError(_prefixed(exc, prefix, drop_index=single))
+    try:
+        ids = pipeline.ingest(readings, "http")
+    except IngestError as exc:
+        raise HTTPException(422, str(exc))
+    return IngestResult(accepted=len(ids), ids=ids)
+
+
+def _prefixed(exc: ValidationError, prefix: tuple, drop_index: bool = False) -> list[dict]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if drop_index and loc and isinstance(loc[0], int):
+            loc = loc[1:]
+        errors.append({**err, "loc": prefix + loc})
+    return errors
+
+
+@sensors.get("/data", response_model=ReadingsPage, summary="Recent readings (oldest first) with the detector's probability")
+def get_sensor_data(pipeline: PipelineDep, sensor_id: SensorIdQuery = None, since: Since = None, until: Until = None,
+                    limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> ReadingsPage:
+    _check_range(since, until)
+    rows = pipeline.storage.readings(sensor_id=sensor_id, since=since, until=until, limit=limit)
+    out = [ReadingOut(id=r["id"], sensor_id=r["sensor_id"], timestamp=r["ts"], time=iso(r["ts"]),
+                      gas_concentration=r["gas"], temperature=r["temperature"], humidity=r["humidity"],
+                      probability=r["probability"], source=r["source"]) for r in rows]
+    return ReadingsPage(count=len(out), readings=out)
+
+
+alerts = APIRouter(prefix="/api/alerts", tags=["alerts"])
+
+
+@alerts.get("/history", response_model=AlertsPage, summary="Alerts, newest first, filtered and paginated")
+def get_alert_history(pipeline: PipelineDep, sensor_id: SensorIdQuery = None, level: Level | None = None,
+                      kind: Literal["leak", "offline"] | None = None,
+                      state: Annotated[Literal["open", "closed"] | None, Query(description="open or closed")] = None,
+                      acknowledged: bool | None = None, since: Since = None, until: Until = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> AlertsPage:
+    _check_range(since, until)
+    total, rows = pipeline.storage.alerts(sensor_id=sensor_id, level=level, kind=kind,
+                                          open_only=None if state is None else state == "open",
+                                          acknowledged=acknowledged, since=since, until=until, limit=limit, offset=offset)
+    return AlertsPage(total=total, limit=limit, offset=offset, alerts=[_alert_out(a) for a in rows])
+
+
+@alerts.post("/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(require_token)],
+             summary="Acknowledge an alert (idempotent)",
+             responses={401: {"description": "missing or wrong bearer token"}, 404: {"description": "no such alert"}})
+def ack_alert(alert_id: Annotated[int, PathParam(ge=1, le=2**62)], pipeline: PipelineDep) -> AlertOut:
+    alert = pipeline.storage.acknowledge(alert_id)
+    if alert is None:
+        raise HTTPException(404, f"no alert with id {alert_id}")
+    return _alert_out(alert)
+
+
+dashboard = APIRouter(include_in_schema=False)
+
+
+@dashboard.get("/")
+def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+
+# ---- the app ---------------------------------------------------------------------------------------------
+class BodyLimit:
+    """Refuse a request body over ``max_bytes`` with 413 before anything parses it (chunked bodies too)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(send)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        body = json.dumps({"detail": f"request body over the limit of {self.max_bytes} bytes (serve.max_body_bytes)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in exc.errors()]
+    if any(err.get("type") == "json_invalid" for err in errors):
+        ctx = next((e.get("ctx", {}) for e in exc.errors() if e.get("type") == "json_invalid"), {})
+        return JSONResponse({"detail": f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"}, status_code=400)
+    summary = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:5])
+    if len(errors) > 5:
+        summary += f"; and {len(errors) - 5} more"
+    return JSONResponse({"detail": errors, "message": summary}, status_code=422)
+
+
+def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Gas-leak detection service",
+        description="Live readings in, leak alerts out: an LSTM+SVM detector with pure-SVM and threshold fallbacks.",
+        version="1.0",
+    )
+    app.state.pipeline = pipeline
+    app.state.settings = settings or ServiceSettings()
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for router in (health, status, sensors, alerts, dashboard):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=app.state.settings.max_body_bytes)
+    return app

@@ -1,0 +1,220 @@
+"""The ``demo`` and ``serve`` modes: the detection service, with or without simulated sensor nodes.
+
+    python -m framework task=gasleak demo                    # 3 simulated nodes, a leak a minute in
+    python -m framework task=gasleak demo demo.duration=120  # stops by itself
+    python -m framework task=gasleak serve mqtt.enabled=true # real sensors over MQTT and/or HTTP
+
+Both run uvicorn in a thread of this process and wait in the main thread for Ctrl-C, SIGTERM or
+``*.duration``; then they stop cleanly: the nodes stop, the HTTP server finishes its requests,
+detection drains what was acknowledged, notifications go out, MQTT disconnects and SQLite is
+checkpointed and closed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework import UserError, runs
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "GASLEAK_API_TOKEN"
+
+
+def demo(cfg: DictConfig) -> dict:
+    detector, source = _detector(cfg, train_if_missing=True)
+    return _run_service(cfg, detector, source, simulate=True)
+
+
+def serve(cfg: DictConfig) -> dict:
+    detector, source = _detector(cfg, train_if_missing=False)
+    return _run_service(cfg, detector, source, simulate=False)
+
+
+# ---- the detector --------------------------------------------------------------------------------
+def _detector(cfg: DictConfig, train_if_missing: bool):
+    from plugins.gasleak_lstm_svm.detector import find_detector, load_detector
+
+    if train_if_missing and not cfg.get("ckpt_path") and runs.latest_train(cfg.task.name, cfg.paths.outputs) is None:
+        overrides = list(cfg.demo.quick_train)
+        print(f"no trained detector under {cfg.paths.outputs}/{cfg.task.name}: training a quick one first "
+              f"(under a minute on CPU; overrides: {' '.join(overrides)})", flush=True)
+        from plugins.gasleak_lstm_svm import train
+
+        quick = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        t0 = time.perf_counter()
+        train.run(quick)
+        print(f"quick detector trained in {time.perf_counter() - t0:.0f} s; "
+              f"`python -m framework task=gasleak train` trains the full one", flush=True)
+    bundle = find_detector(cfg)
+    detector = load_detector(bundle)
+    if getattr(detector, "fallback_reason", None):
+        log.warning("detector: %s", detector.fallback_reason)
+    return detector, str(bundle)
+
+
+# ---- the service ---------------------------------------------------------------------------------
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
+
+
+def _token(cfg: DictConfig) -> str | None:
+    token = cfg.serve.get("token") or os.environ.get(TOKEN_ENV) or None
+    host = str(cfg.serve.host)
+    if not _is_loopback(host) and not token:
+        raise UserError(f"serve.host={host} is not a loopback address: set {TOKEN_ENV} (or serve.token) so the "
+                        "write endpoints need a bearer token; refusing to start without one")
+    if token is not None and len(str(token)) < 16:
+        raise UserError(f"the API token is too short ({len(str(token))} characters); use at least 16")
+    return None if token is None else str(token)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another with serve.port=...)")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> dict:
+    import uvicorn
+
+    from plugins.gasleak_lstm_svm.service.alerts import AlertRules
+    from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
+    from plugins.gasleak_lstm_svm.service.mqtt import MqttBridge
+    from plugins.gasleak_lstm_svm.service.notify import Notifier
+    from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+    from plugins.gasleak_lstm_svm.service.schemas import Reading
+    from plugins.gasleak_lstm_svm.service.sensors import SimulatedNodes
+    from plugins.gasleak_lstm_svm.service.storage import Storage
+
+    sc, mc = cfg.serve, cfg.mqtt
+    token = _token(cfg)
+    try:
+        rules = AlertRules.from_config(cfg.alerts)
+    except ValueError as exc:
+        raise UserError(str(exc))
+    host = str(sc.host)
+    sock = _bind(host, int(sc.port))
+    port = sock.getsockname()[1]
+
+    db_path = Path(cfg.storage.path) if cfg.storage.get("path") else runs.run_dir() / "gasleak.sqlite"
+    storage = Storage(db_path, synchronous=cfg.storage.synchronous, retention_hours=cfg.storage.retention_hours)
+    bridge = None
+    if mc.enabled:
+        bridge = MqttBridge(str(mc.host), int(mc.port), topic_prefix=str(mc.topic_prefix), qos=int(mc.qos),
+                            keepalive=int(mc.keepalive), reconnect_max_s=float(mc.reconnect_max_s),
+                            username=mc.get("username"), password=mc.get("password") or os.environ.get("GASLEAK_MQTT_PASSWORD"))
+    wh = cfg.alerts.webhook
+    notifier = Notifier(wh.url, timeout_s=wh.timeout_s, retries=wh.retries, backoff_s=wh.backoff_s,
+                        publish=bridge.publish_alert if bridge else None)
+    pipeline = Pipeline(detector, storage, rules, notifier, max_future_s=sc.max_future_s, max_gap_s=sc.max_gap_s,
+                        max_windows_per_round=sc.max_windows_per_round, interval_s=sc.detect_interval_s,
+                        prune_every_s=cfg.storage.prune_every_s)
+    pipeline.detector_source = source
+    if bridge is not None:
+        bridge.on_readings = pipeline.ingest
+        bridge.start()
+    pipeline.start()
+
+    app = create_app(pipeline, ServiceSettings(token=token, max_batch=int(sc.max_batch),
+                                               max_body_bytes=int(sc.max_body_bytes), bridge=bridge))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, log_level="warning",
+                                           timeout_graceful_shutdown=5, lifespan="off"))
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum, frame):
+        received.append(signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C / SIGTERM ends it the hard way
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    nodes = publisher = url = None
+    t_start = time.time()
+    try:
+        http.start()
+        while not server.started and http.is_alive():
+            time.sleep(0.02)
+        if not http.is_alive():
+            raise UserError(f"the HTTP server on {host}:{port} failed to start (see the log)")
+        url = _url(host, port)
+        print(f"dashboard: {url}/", flush=True)
+        print(f"API docs:  {url}/docs   status: {url}/api/status", flush=True)
+        print(f"detector:  {pipeline.model_status()['model_type']} ({source})", flush=True)
+        print(f"storage:   {db_path}", flush=True)
+        if bridge is not None:
+            print(f"MQTT:      {mc.host}:{mc.port} topics {bridge.sensor_topic}/<sensor_id> -> {bridge.alerts_topic}", flush=True)
+        if simulate:
+            dc = cfg.demo
+            if bridge is not None:
+                publisher = MqttBridge(str(mc.host), int(mc.port), topic_prefix=str(mc.topic_prefix), qos=int(mc.qos),
+                                       name="nodes").start()
+
+                def sink(batch):
+                    for reading in batch:
+                        publisher.publish_reading(reading)
+            else:
+                def sink(batch):
+                    pipeline.ingest([Reading.model_validate(r) for r in batch], "demo")
+            nodes = SimulatedNodes(sink, sensors=int(dc.sensors), seed=int(dc.seed), seconds=int(dc.series_s),
+                                   leak_sensor=dc.leak_sensor, leak_at_s=float(dc.leak_at_s), leak_kind=str(dc.leak_kind),
+                                   leak_peak_ppm=float(dc.leak_peak_ppm), hard_negatives=bool(dc.hard_negatives),
+                                   start_hour=float(dc.start_hour), rate_hz=float(dc.rate_hz), speed=float(dc.speed))
+            print(f"simulated nodes: {', '.join(nodes.ids)} at {float(dc.rate_hz) * float(dc.speed):g} Hz; "
+                  f"{nodes.describe()}", flush=True)
+            nodes.start()
+        duration = cfg.demo.duration if simulate else sc.get("duration")
+        print("running" + (f" for {float(duration):g} s" if duration else "") + "; Ctrl-C or SIGTERM stops it", flush=True)
+        stop.wait(None if duration is None else float(duration))
+    finally:
+        why = received[0] if received else "duration elapsed"
+        log.info("stopping (%s)", why)
+        if nodes is not None:
+            nodes.stop()
+        server.should_exit = True
+        http.join(10)
+        if bridge is not None:
+            bridge.client.unsubscribe(f"{bridge.sensor_topic}/+")
+        pipeline.stop()
+        notifier.close()
+        for b in (publisher, bridge):
+            if b is not None:
+                b.stop()
+        storage.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    stats = pipeline.stats
+    print(f"stopped ({why}): {stats['readings']} readings, {stats['windows_scored']} windows scored, "
+          f"{stats['alerts_opened']} alerts; storage flushed to {db_path}", flush=True)
+    return {"duration_s": round(time.time() - t_start, 1), "readings": stats["readings"],
+            "windows_scored": stats["windows_scored"], "windows_skipped": stats["windows_skipped"],
+            "alerts_opened": stats["alerts_opened"], "model_type": pipeline.model_status()["model_type"],
+            "stopped_by": why, "storage": str(db_path), "url": url}

@@ -1,0 +1,148 @@
+"""MQTT ingestion and alert publishing with paho-mqtt 2.x (VERSION2 callbacks).
+
+Topics: readings arrive on ``<prefix>/sensor/<sensor_id>`` (a JSON object; ``sensor_id`` may be
+left out, the topic names it), alerts go to ``<prefix>/alerts``. ``connect_async`` + ``loop_start``
+let paho's network thread connect, and reconnect with backoff, on its own: the HTTP side never
+waits for the broker. A lost or unreachable broker is logged once (and shown in /api/status)
+until the connection is back.
+
+A reading is handed to the pipeline inside ``on_message``, which returns after the SQLite commit;
+paho sends the QoS 1 PUBACK only after ``on_message`` returns, so an acknowledged MQTT reading is
+on disk like an acknowledged HTTP one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Callable
+
+import paho.mqtt.client as paho
+from pydantic import ValidationError
+
+from plugins.gasleak_lstm_svm.service.schemas import SENSOR_ID_PATTERN, Reading
+
+log = logging.getLogger(__name__)
+
+
+class MqttBridge:
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, topic_prefix: str = "gas_detection",
+                 on_readings: Callable[[list[Reading], str], object] | None = None, qos: int = 1,
+                 keepalive: int = 30, reconnect_max_s: float = 30.0, client_id: str | None = None,
+                 username: str | None = None, password: str | None = None, name: str = "service"):
+        self.host, self.port, self.qos = host, int(port), int(qos)
+        self.prefix = topic_prefix.rstrip("/")
+        self.on_readings = on_readings
+        self.name = name
+        self.connected = False
+        self.last_error: str | None = None
+        self.received = self.rejected = 0
+        self._down_reported = False
+        self._last_reject_log = 0.0
+        self._connected_event = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"gasleak-{name}-{uuid.uuid4().hex[:8]}")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(reconnect_max_s)))
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.keepalive = int(keepalive)
+
+    @property
+    def sensor_topic(self) -> str:
+        return f"{self.prefix}/sensor"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.prefix}/alerts"
+
+    def start(self) -> "MqttBridge":
+        self.client.connect_async(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected_event.wait(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+        self.connected = False
+
+    # ---- callbacks (paho's network thread) -------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._report_down(f"broker refused the connection: {reason_code}")
+            return
+        self.connected, self.last_error = True, None
+        self._connected_event.set()
+        if self._down_reported:
+            log.info("MQTT (%s): connected again to %s:%d", self.name, self.host, self.port)
+        else:
+            log.info("MQTT (%s): connected to %s:%d", self.name, self.host, self.port)
+        self._down_reported = False
+        if self.on_readings is not None:
+            client.subscribe(f"{self.sensor_topic}/+", qos=self.qos)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._report_down(f"cannot reach the broker at {self.host}:{self.port}")
+
+    def _on_disconnect(self, client, userdata, disconnect_flags, reason_code, properties) -> None:
+        self.connected = False
+        self._connected_event.clear()
+        if reason_code == 0:  # we asked for it
+            return
+        self._report_down(f"lost the broker at {self.host}:{self.port} ({reason_code})")
+
+    def _report_down(self, why: str) -> None:
+        self.connected = False
+        self.last_error = why
+        if not self._down_reported:  # once per outage, not once per retry
+            self._down_reported = True
+            log.warning("MQTT (%s): %s; HTTP keeps working, reconnecting in the background", self.name, why)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        sensor_id = msg.topic.rsplit("/", 1)[-1]
+        try:
+            payload = json.loads(msg.payload)
+            if not isinstance(payload, dict):
+                raise ValueError("payload must be a JSON object")
+            if payload.setdefault("sensor_id", sensor_id) != sensor_id:
+                raise ValueError(f"payload sensor_id {payload['sensor_id']!r} does not match the topic")
+            reading = Reading.model_validate(payload)
+            self.on_readings([reading], "mqtt")
+            self.received += 1
+        except (ValueError, ValidationError) as exc:  # ValidationError and IngestError are ValueErrors
+            self.rejected += 1
+            now = time.monotonic()
+            if now - self._last_reject_log > 10:  # a flood of bad payloads must not flood the log
+                self._last_reject_log = now
+                first = str(exc).splitlines()
+                log.warning("MQTT: rejected a payload on %s: %s (%d rejected so far)", msg.topic,
+                            " ".join(first[:3]), self.rejected)
+        except Exception:
+            self.rejected += 1
+            log.exception("MQTT: failed to store a reading from %s", msg.topic)
+
+    # ---- publishing --------------------------------------------------------------------------------
+    def publish_alert(self, message: dict) -> None:
+        self.client.publish(self.alerts_topic, json.dumps(message), qos=self.qos)
+
+    def publish_reading(self, reading: dict) -> paho.MQTTMessageInfo:
+        import re
+
+        if not re.match(SENSOR_ID_PATTERN, str(reading["sensor_id"])):
+            raise ValueError(f"bad sensor_id {reading['sensor_id']!r}")
+        return self.client.publish(f"{self.sensor_topic}/{reading['sensor_id']}", json.dumps(reading), qos=self.qos)
+
+    def status(self) -> dict:
+        return {"enabled": True, "connected": self.connected, "host": self.host, "port": self.port,
+                "last_error": self.last_error, "received": self.received, "rejected": self.rejected}

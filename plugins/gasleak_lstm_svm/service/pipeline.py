@@ -1,0 +1,279 @@
+"""The live detection pipeline: ingest -> SQLite -> windows -> detector -> alert engine -> notifications.
+
+``ingest`` is what HTTP, MQTT and the simulated nodes call. It validates, commits the readings
+to SQLite and only then returns (that return is the sender's acknowledgement), and queues them
+for detection. A detection thread scores the queued readings in rounds: per sensor it keeps the
+last 60 samples, scores every new full window (stride 1, batched across sensors in one
+``predict_proba`` call), and feeds reading + probability to the alert engine in time order. So a
+slow detector delays alerts but never an acknowledgement; if it falls more than
+``max_windows_per_round`` windows behind on a sensor, the older windows of that round go unscored
+(and are counted, and logged once).
+
+If the detector raises at run time, the pipeline falls back to the threshold rule (the last
+fallback of the original design) and says so in the log and in /api/status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from plugins.gasleak_lstm_svm.service.alerts import NOTIFY, AlertEngine, AlertRules
+from plugins.gasleak_lstm_svm.service.schemas import Reading
+from plugins.gasleak_lstm_svm.service.storage import Storage
+
+log = logging.getLogger(__name__)
+
+WINDOW = 60
+
+
+class IngestError(ValueError):
+    """A reading the service refuses (beyond what the schema checks); nothing was stored."""
+
+
+@dataclass
+class _Sensor:
+    buffer: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    last_ts: float | None = None
+    last_seen: float | None = None     # server clock, for the offline rule
+    latest: dict | None = None
+    probability: float | None = None
+    received: int = 0
+    out_of_order: int = 0
+
+
+class Pipeline:
+    def __init__(self, detector, storage: Storage, rules: AlertRules, notifier=None, *, window: int = WINDOW,
+                 max_future_s: float = 300.0, max_gap_s: float = 10.0, max_windows_per_round: int = 256,
+                 interval_s: float = 0.2, prune_every_s: float = 600.0, clock=time.time):
+        self.detector = detector
+        self.storage = storage
+        self.notifier = notifier
+        self.window = int(window)
+        self.max_future_s = float(max_future_s)
+        self.max_gap_s = float(max_gap_s)
+        self.max_windows_per_round = int(max_windows_per_round)
+        self.interval_s = float(interval_s)
+        self.prune_every_s = float(prune_every_s)
+        self.clock = clock
+        self.engine = AlertEngine(rules, storage.open_alerts())
+        self.sensors: dict[str, _Sensor] = {}
+        self.started = clock()
+        self.model_fallback_reason: str | None = None
+        self.stats = {"readings": 0, "windows_scored": 0, "windows_skipped": 0, "rounds": 0,
+                      "alerts_opened": 0, "detect_seconds": 0.0}
+        self._pending: list[tuple[int, str, float, float, float, float]] = []
+        self._lock = threading.Lock()        # sensors' arrival state + pending queue
+        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = threading.Event()
+        self._behind_logged = False
+        self._thread: threading.Thread | None = None
+
+    # ---- ingest (any thread) -------------------------------------------------------------------
+    def ingest(self, readings: list[Reading], source: str) -> list[int]:
+        """Validate beyond the schema, commit, queue for detection; returns the storage ids."""
+        now = self.clock()
+        rows = []
+        for i, reading in enumerate(readings):
+            ts = reading.epoch
+            if ts > now + self.max_future_s:
+                where = f"readings[{i}]" if len(readings) > 1 else "reading"
+                raise IngestError(f"{where}.timestamp is {ts - now:.0f} s in the future "
+                                  f"(more than serve.max_future_s={self.max_future_s:g})")
+            rows.append((reading.sensor_id, ts, reading.gas_concentration, reading.temperature, reading.humidity))
+        if not rows:
+            return []
+        ids = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
+        with self._lock:
+            arrived = self.clock()
+            for rid, row in zip(ids, rows):
+                self._pending.append((rid, *row))
+                sensor = self.sensors.setdefault(row[0], _Sensor())
+                sensor.last_seen = arrived
+                sensor.received += 1
+                sensor.latest = _reading_dict(rid, row, source)
+            self.stats["readings"] += len(rows)
+            self._idle.clear()
+            self._wake.notify()
+        return ids
+
+    # ---- detection (one thread) ------------------------------------------------------------------
+    def start(self) -> "Pipeline":
+        self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        last_prune = self.clock()
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()
+                    self._wake.wait(self.interval_s)
+            try:
+                self.process_pending()
+                self.check_offline()
+                if self.clock() - last_prune > self.prune_every_s:
+                    last_prune = self.clock()
+                    self.storage.prune()
+            except Exception:  # keep detecting; a bug here must not stop the service
+                log.exception("detection round failed")
+            if not self._stop.is_set():
+                self._stop.wait(self.interval_s)  # let readings collect into a batch
+
+    def process_pending(self) -> int:
+        """One detection round over everything queued so far; returns the number of readings."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            self._idle.set()
+            return 0
+        t0 = time.perf_counter()
+        batch.sort(key=lambda r: (r[1], r[2], r[0]))  # per sensor, in time order
+        windows = []
+        plan = []  # (batch index, index of the window it ends or None, in time order)
+        per_sensor_new: dict[str, list[int]] = {}
+        for i, (rid, sid, ts, gas, temp, hum) in enumerate(batch):
+            sensor = self.sensors.setdefault(sid, _Sensor())
+            if sensor.last_ts is not None and ts <= sensor.last_ts:
+                sensor.out_of_order += 1  # stored, but it cannot join a window
+                plan.append((i, None, False))
+                continue
+            if sensor.last_ts is not None and ts - sensor.last_ts > self.max_gap_s:
+                sensor.buffer.clear()  # a window must not span a gap
+                self.engine.reset_window(sid)
+            sensor.last_ts = ts
+            sensor.buffer.append((gas, temp, hum))
+            if len(sensor.buffer) == self.window:
+                per_sensor_new.setdefault(sid, []).append(len(plan))
+                windows.append(np.asarray(sensor.buffer, dtype=np.float32))
+                plan.append((i, len(windows) - 1, True))
+            else:
+                plan.append((i, None, True))
+        # falling behind: only the newest windows of each sensor get scored this round
+        keep = np.ones(len(windows), dtype=bool)
+        for sid, plan_idx in per_sensor_new.items():
+            if len(plan_idx) > self.max_windows_per_round:
+                for p in plan_idx[: -self.max_windows_per_round]:
+                    keep[plan[p][1]] = False
+        skipped = int((~keep).sum())
+        if skipped:
+            self.stats["windows_skipped"] += skipped
+            if not self._behind_logged:
+                self._behind_logged = True
+                log.warning("detector is falling behind the readings: scoring only the newest %d windows per sensor "
+                            "per round (skipped counts are in /api/status)", self.max_windows_per_round)
+        probs = np.full(len(windows), np.nan)
+        if keep.any():
+            probs[keep] = self._score(np.stack([w for w, k in zip(windows, keep) if k]))
+        scores, changed, notify = [], {}, []
+        status = self.detector.status
+        for i, w, in_order in plan:
+            rid, sid, ts, gas, _, _ = batch[i]
+            p = None if w is None or np.isnan(probs[w]) else float(probs[w])
+            if not in_order:
+                continue
+            if p is not None:
+                scores.append((rid, p, status))
+                self.sensors[sid].probability = p
+            for event, alert in self.engine.observe(sid, ts, gas, p):
+                changed[id(alert)] = alert
+                if event in NOTIFY:
+                    notify.append((event, alert))
+        self.stats["windows_scored"] += len(scores)
+        self._finish_round(scores, changed, notify)
+        self.stats["rounds"] += 1
+        self.stats["detect_seconds"] += time.perf_counter() - t0
+        with self._lock:
+            if not self._pending:
+                self._idle.set()
+        return len(batch)
+
+    def _score(self, windows: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self.detector.predict_proba(windows))[:, 1]
+        except Exception as exc:
+            from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+
+            self.model_fallback_reason = f"{self.detector.status} failed at run time ({type(exc).__name__}: {exc}); using the threshold rule"
+            log.error("detector: %s", self.model_fallback_reason)
+            self.detector = ThresholdDetector()
+            return np.asarray(self.detector.predict_proba(windows))[:, 1]
+
+    def check_offline(self) -> None:
+        with self._lock:
+            seen = {sid: s.last_seen for sid, s in self.sensors.items() if s.last_seen is not None}
+        changes = self.engine.check_offline(seen, self.clock())
+        if changes:
+            self._finish_round([], {id(a): a for _, a in changes}, changes)
+
+    def _finish_round(self, scores, changed: dict, notify: list) -> None:
+        self.storage.save_round(scores, changed.values())  # assigns ids to new alerts
+        for event, alert in notify:
+            if event == "opened":
+                self.stats["alerts_opened"] += 1
+            if self.notifier is not None:
+                self.notifier.notify(event, dict(alert))
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every reading ingested so far has been through detection (tests, shutdown)."""
+        if self._thread is None:
+            self.process_pending()
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                self._wake.notify()
+            if self._idle.wait(0.05):
+                with self._lock:
+                    if not self._pending:
+                        return True
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish detection of what was acknowledged, then stop the thread (storage stays open)."""
+        if self._thread is not None:
+            self.drain(timeout)
+            self._stop.set()
+            with self._lock:
+                self._wake.notify()
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ---- views for the API ---------------------------------------------------------------------
+    def model_status(self) -> dict:
+        d = self.detector
+        return {"is_trained": bool(getattr(d, "is_trained", False)), "model_type": d.status,
+                "device": str(getattr(d, "device", "cpu")),
+                "fallback_reason": self.model_fallback_reason or getattr(d, "fallback_reason", None),
+                "source": getattr(self, "detector_source", None)}
+
+    def sensor_views(self) -> list[dict]:
+        with self._lock:
+            items = sorted(self.sensors.items())
+            views = []
+            for sid, s in items:
+                state = self.engine.state(sid) or "normal"
+                if state == "normal" and len(s.buffer) < self.window:
+                    state = "warming_up"
+                views.append({"sensor_id": sid, "state": state, "latest": dict(s.latest) if s.latest else None,
+                              "probability": s.probability, "last_seen": s.last_seen, "readings": s.received})
+        for view in views:
+            if view["latest"] is not None:
+                view["latest"]["probability"] = view["probability"]
+        return views
+
+
+def _reading_dict(rid: int, row: tuple, source: str) -> dict:
+    from plugins.gasleak_lstm_svm.service.schemas import iso
+
+    sid, ts, gas, temp, hum = row
+    return {"id": rid, "sensor_id": sid, "timestamp": ts, "time": iso(ts), "gas_concentration": gas,
+            "temperature": temp, "humidity": hum, "probability": None, "source": source}

@@ -1,0 +1,153 @@
+"""The HTTP API's contract: request and response bodies as pydantic models.
+
+Validation lives here, in one place: HTTP ingest, MQTT payloads and the simulated nodes all go
+through ``Reading``, so a value the API refuses is refused the same way from the broker.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Physical ranges of the sensors the original system used (MQ-type gas sensor, DHT-type
+# temperature/humidity); anything outside is a broken sensor or a bad client, never a reading.
+GAS_PPM_MAX = 100_000.0
+TEMP_MIN_C, TEMP_MAX_C = -40.0, 85.0
+SENSOR_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # also safe as an MQTT topic level (no '/', '+', '#')
+
+Finite = dict(strict=True, allow_inf_nan=False)  # numbers only: no strings, no booleans, no NaN/inf
+
+SensorId = Annotated[str, Field(pattern=SENSOR_ID_PATTERN, description="letters, digits, '_', '.', ':', '-'; at most 64")]
+Level = Literal["info", "warning", "danger"]
+
+
+class Reading(BaseModel):
+    """One sample from one sensor node. ``timestamp``: Unix seconds or ISO 8601 (UTC if no zone)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "example": {"sensor_id": "kitchen-1", "timestamp": 1767261600.0, "gas_concentration": 412.5,
+                    "temperature": 22.4, "humidity": 48.0}})
+
+    sensor_id: SensorId
+    timestamp: datetime
+    gas_concentration: Annotated[float, Field(ge=0.0, le=GAS_PPM_MAX, description="ppm", **Finite)]
+    temperature: Annotated[float, Field(ge=TEMP_MIN_C, le=TEMP_MAX_C, description="°C", **Finite)]
+    humidity: Annotated[float, Field(ge=0.0, le=100.0, description="%RH", **Finite)]
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _finite_timestamp(cls, value):
+        if isinstance(value, bool):
+            raise ValueError("timestamp must be Unix seconds or an ISO 8601 string")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("timestamp must be a finite number")
+        if isinstance(value, (int, float)) and not 0 <= value < 1e10:
+            raise ValueError("timestamp must be Unix seconds between 1970 and 2286")
+        return value
+
+    @property
+    def epoch(self) -> float:
+        ts = self.timestamp if self.timestamp.tzinfo else self.timestamp.replace(tzinfo=timezone.utc)
+        return ts.timestamp()
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    ids: list[int] = Field(description="storage ids, in the order the readings were sent")
+
+
+class ReadingOut(BaseModel):
+    id: int
+    sensor_id: str
+    timestamp: float
+    time: str = Field(description="ISO 8601, UTC")
+    gas_concentration: float
+    temperature: float
+    humidity: float
+    probability: float | None = Field(None, description="the detector's leak probability for the window ending here")
+    source: str
+
+
+class ReadingsPage(BaseModel):
+    count: int
+    readings: list[ReadingOut]
+
+
+class AlertOut(BaseModel):
+    id: int
+    sensor_id: str
+    kind: Literal["leak", "offline"]
+    level: Level
+    causes: list[str] = Field(description="what fired it: model, threshold, offline")
+    start: float
+    end: float | None
+    start_time: str
+    end_time: str | None
+    open: bool
+    peak_ppm: float | None
+    peak_probability: float | None
+    acknowledged: bool
+    acknowledged_at: float | None
+    message: str
+
+
+class AlertsPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    alerts: list[AlertOut]
+
+
+class ModelStatus(BaseModel):
+    is_trained: bool
+    model_type: Literal["PyTorch LSTM+SVM", "Pure SVM", "Threshold"]
+    device: str
+    fallback_reason: str | None = None
+    source: str | None = Field(None, description="the detector bundle in use")
+
+
+class SensorStatus(BaseModel):
+    sensor_id: str
+    state: Literal["warming_up", "normal", "suspect", "warning", "danger", "offline"]
+    latest: ReadingOut | None
+    probability: float | None
+    last_seen: float | None = Field(None, description="server time the last reading arrived")
+    readings: int = Field(description="readings received since the service started")
+
+
+class AlertCounts(BaseModel):
+    open: int
+    unacknowledged: int
+    by_level: dict[str, int]
+
+
+class BrokerStatus(BaseModel):
+    enabled: bool
+    connected: bool
+    host: str | None = None
+    port: int | None = None
+    last_error: str | None = None
+    received: int = 0
+    rejected: int = 0
+
+
+class Status(BaseModel):
+    system_running: bool
+    timestamp: float
+    time: str
+    uptime_s: float
+    model_status: ModelStatus
+    sensors: list[SensorStatus]
+    alerts: AlertCounts
+    mqtt: BrokerStatus
+    storage: dict
+    detection: dict
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")

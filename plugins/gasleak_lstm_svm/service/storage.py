@@ -1,0 +1,325 @@
+"""Readings, detector scores and alerts in one SQLite file.
+
+Durability: a write returns only after its transaction has committed. The file is in WAL mode;
+with ``synchronous=FULL`` (the default) every commit is fsynced, so an acknowledged reading
+survives a SIGKILL of the service and a power cut; ``NORMAL`` still survives a killed process
+(the WAL is in the OS cache) but not a power cut.
+
+One writer thread owns the write connection and commits whatever is queued in one transaction
+(group commit): concurrent HTTP requests share an fsync instead of queueing for one each, and each
+caller still waits for its own commit. Readers use their own per-thread connections, which WAL lets
+run beside the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id          INTEGER PRIMARY KEY,
+    sensor_id   TEXT NOT NULL,
+    ts          REAL NOT NULL,   -- the sensor's timestamp, Unix seconds
+    gas         REAL NOT NULL,   -- ppm
+    temperature REAL NOT NULL,   -- °C
+    humidity    REAL NOT NULL,   -- %RH
+    received    REAL NOT NULL,   -- server time it was committed
+    source      TEXT NOT NULL    -- http | mqtt | demo
+);
+CREATE INDEX IF NOT EXISTS readings_sensor_ts ON readings (sensor_id, ts);
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+CREATE TABLE IF NOT EXISTS scores (
+    reading_id  INTEGER PRIMARY KEY,  -- the reading that ends the scored window
+    probability REAL NOT NULL,
+    detector    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id               INTEGER PRIMARY KEY,
+    sensor_id        TEXT NOT NULL,
+    kind             TEXT NOT NULL,   -- leak | offline
+    level            TEXT NOT NULL,   -- info | warning | danger
+    causes           TEXT NOT NULL,   -- JSON list
+    start_ts         REAL NOT NULL,
+    end_ts           REAL,
+    peak_ppm         REAL,
+    peak_probability REAL,
+    acknowledged     INTEGER NOT NULL DEFAULT 0,
+    acknowledged_at  REAL,
+    message          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_start ON alerts (start_ts);
+"""
+
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+ALERT_COLUMNS = ("id", "sensor_id", "kind", "level", "causes", "start_ts", "end_ts", "peak_ppm",
+                 "peak_probability", "acknowledged", "acknowledged_at", "message")
+
+
+class _Job:
+    __slots__ = ("fn", "done", "result", "error")
+
+    def __init__(self, fn):
+        self.fn, self.done, self.result, self.error = fn, threading.Event(), None, None
+
+
+class Storage:
+    def __init__(self, path: str | Path, synchronous: str = "FULL", retention_hours: float | None = None):
+        synchronous = str(synchronous).upper()
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"storage.synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self.retention_s = None if retention_hours is None else float(retention_hours) * 3600.0
+        self._conn = self._connect()
+        self._conn.executescript(SCHEMA)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.commits = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._writer, name="sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    # ---- writing: group commit on one thread ------------------------------------------------
+    def _writer(self) -> None:
+        conn = self._conn
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            jobs = [job]
+            while len(jobs) < 1024:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this group, then stop
+                    break
+                jobs.append(nxt)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for j in jobs:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        j.result = j.fn(conn)
+                        conn.execute("RELEASE job")
+                    except Exception as exc:  # one bad job must not sink the others in its group
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                        j.error = exc
+                conn.execute("COMMIT")
+                self.commits += 1
+            except Exception as exc:
+                log.error("storage: commit failed: %s", exc)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                for j in jobs:
+                    j.error = j.error or exc
+            for j in jobs:
+                j.done.set()
+
+    def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` inside a transaction on the writer thread; return once it is committed."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        job = _Job(fn)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def insert_readings(self, rows: list[tuple[str, float, float, float, float]], source: str) -> list[int]:
+        """rows: (sensor_id, ts, gas, temperature, humidity). Returns their ids once committed."""
+
+        def fn(conn):
+            now = time.time()
+            cur = conn.cursor()
+            ids = []
+            for sensor_id, ts, gas, temp, hum in rows:
+                cur.execute(
+                    "INSERT INTO readings (sensor_id, ts, gas, temperature, humidity, received, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (sensor_id, ts, gas, temp, hum, now, source))
+                ids.append(cur.lastrowid)
+            return ids
+
+        return self.write(fn)
+
+    def save_round(self, scores: Iterable[tuple[int, float, str]], alerts: Iterable[dict]) -> None:
+        """One detection round: the window scores and every alert it opened or changed."""
+        scores, alerts = list(scores), list(alerts)
+        if not scores and not alerts:
+            return
+
+        def fn(conn):
+            conn.executemany("INSERT OR REPLACE INTO scores (reading_id, probability, detector) VALUES (?, ?, ?)", scores)
+            for alert in alerts:
+                _upsert_alert(conn, alert)
+
+        self.write(fn)
+
+    def acknowledge(self, alert_id: int) -> dict | None:
+        def fn(conn):
+            conn.execute("UPDATE alerts SET acknowledged = 1, acknowledged_at = COALESCE(acknowledged_at, ?) WHERE id = ?",
+                         (time.time(), alert_id))
+            return _alert_row(conn, alert_id)
+
+        return self.write(fn)
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop readings (and their scores) older than the retention; alerts are kept."""
+        if self.retention_s is None:
+            return 0
+        cutoff = (now or time.time()) - self.retention_s
+
+        def fn(conn):
+            conn.execute("DELETE FROM scores WHERE reading_id IN (SELECT id FROM readings WHERE ts < ?)", (cutoff,))
+            return conn.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+
+        removed = self.write(fn)
+        if removed:
+            log.info("storage: pruned %d readings older than %.1f h", removed, self.retention_s / 3600)
+        return removed
+
+    # ---- reading: per-thread connections ------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA query_only=1")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def readings(self, sensor_id: str | None = None, since: float | None = None, until: float | None = None,
+                 limit: int = 500) -> list[dict]:
+        """The most recent ``limit`` readings matching the filters, oldest first."""
+        where, args = [], []
+        if sensor_id is not None:
+            where.append("r.sensor_id = ?")
+            args.append(sensor_id)
+        if since is not None:
+            where.append("r.ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("r.ts <= ?")
+            args.append(until)
+        sql = ("SELECT r.id, r.sensor_id, r.ts, r.gas, r.temperature, r.humidity, r.source, s.probability "
+               "FROM readings r LEFT JOIN scores s ON s.reading_id = r.id"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY r.ts DESC, r.id DESC LIMIT ?")
+        rows = self._reader().execute(sql, (*args, limit)).fetchall()
+        return [dict(row) for row in reversed(rows)]
+
+    def count_readings(self) -> int:
+        return self._reader().execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+
+    def alerts(self, sensor_id: str | None = None, level: str | None = None, kind: str | None = None,
+               open_only: bool | None = None, acknowledged: bool | None = None, since: float | None = None,
+               until: float | None = None, limit: int = 100, offset: int = 0) -> tuple[int, list[dict]]:
+        """(total matching, one page newest first)."""
+        where, args = [], []
+        for column, value in (("sensor_id", sensor_id), ("level", level), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if open_only is not None:
+            where.append("end_ts IS NULL" if open_only else "end_ts IS NOT NULL")
+        if acknowledged is not None:
+            where.append("acknowledged = ?")
+            args.append(int(acknowledged))
+        if since is not None:
+            where.append("COALESCE(end_ts, 1e18) >= ?")  # overlapping the range
+            args.append(since)
+        if until is not None:
+            where.append("start_ts <= ?")
+            args.append(until)
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        conn = self._reader()
+        total = conn.execute(f"SELECT COUNT(*) FROM alerts{clause}", args).fetchone()[0]
+        rows = conn.execute(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts{clause} ORDER BY start_ts DESC, id DESC "
+                            "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        return total, [_alert_dict(row) for row in rows]
+
+    def alert_counts(self) -> dict:
+        conn = self._reader()
+        by_level = dict(conn.execute("SELECT level, COUNT(*) FROM alerts WHERE end_ts IS NULL GROUP BY level").fetchall())
+        unacked = conn.execute("SELECT COUNT(*) FROM alerts WHERE acknowledged = 0").fetchone()[0]
+        return {"open": sum(by_level.values()), "unacknowledged": unacked,
+                "by_level": {level: by_level.get(level, 0) for level in ("info", "warning", "danger")}}
+
+    def alert(self, alert_id: int) -> dict | None:
+        return _alert_row(self._reader(), alert_id)
+
+    def open_alerts(self) -> list[dict]:
+        return self.alerts(open_only=True, limit=1_000_000)[1]
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("storage: final checkpoint failed: %s", exc)
+        self._conn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._readers.clear()
+
+
+def _alert_dict(row) -> dict:
+    alert = dict(zip(ALERT_COLUMNS, tuple(row)))
+    alert["causes"] = json.loads(alert["causes"])
+    alert["acknowledged"] = bool(alert["acknowledged"])
+    return alert
+
+
+def _alert_row(conn, alert_id: int) -> dict | None:
+    row = conn.execute(f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    return None if row is None else _alert_dict(row)
+
+
+def _upsert_alert(conn, alert: dict) -> None:
+    """Insert a new alert (its id is written back into the dict) or update the evolving fields of one.
+
+    ``acknowledged`` is never written here, so a detection round cannot undo an acknowledgement."""
+    values = (alert["sensor_id"], alert["kind"], alert["level"], json.dumps(alert["causes"]), alert["start_ts"],
+              alert["end_ts"], alert["peak_ppm"], alert["peak_probability"], alert["message"])
+    if alert.get("id") is None:
+        cur = conn.execute("INSERT INTO alerts (sensor_id, kind, level, causes, start_ts, end_ts, peak_ppm, "
+                           "peak_probability, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        alert["id"] = cur.lastrowid
+    else:
+        conn.execute("UPDATE alerts SET sensor_id = ?, kind = ?, level = ?, causes = ?, start_ts = ?, end_ts = ?, "
+                     "peak_ppm = ?, peak_probability = ?, message = ? WHERE id = ?", (*values, alert["id"]))
