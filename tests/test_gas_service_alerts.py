@@ -1,0 +1,129 @@
+"""The alert rules of the live service: consecutive confirmation, thresholds, offline, recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugins.gasleak_lstm_svm.detector import confirm_alarms
+from plugins.gasleak_lstm_svm.service.alerts import AlertEngine, AlertRules
+
+RULES = AlertRules(consecutive=3, probability=0.7, warning_ppm=500, danger_ppm=1000, threshold_samples=2,
+                   clear_samples=5, offline_after_s=15)
+
+
+def feed(engine, probs=None, ppms=None, sensor="s1", t0=0.0):
+    """Feed readings at 1 Hz; returns [(t, event, alert snapshot)]."""
+    n = len(probs if probs is not None else ppms)
+    probs = probs if probs is not None else [None] * n
+    ppms = ppms if ppms is not None else [50.0] * n
+    out = []
+    for i, (p, g) in enumerate(zip(probs, ppms)):
+        for event, alert in engine.observe(sensor, t0 + i, g, p):
+            out.append((t0 + i, event, dict(alert)))
+    return out
+
+
+def opened(events):
+    return [(t, a) for t, e, a in events if e == "opened"]
+
+
+def test_model_alarm_needs_three_consecutive_windows_at_07():
+    engine = AlertEngine(RULES)
+    # two positives, a dip, two positives: never three in a row -> no alert
+    assert opened(feed(engine, [0.9, 0.95, 0.6, 0.9, 0.99, 0.1])) == []
+    assert engine.state("s1") == "normal"
+    # 0.69 is below the rule however long it lasts
+    assert opened(feed(engine, [0.69] * 20, t0=10)) == []
+    events = feed(engine, [0.2, 0.7, 0.8, 0.9, 0.9], t0=100)
+    (t, alert), = opened(events)
+    assert t == 103  # the third consecutive window at p >= 0.7
+    assert alert["level"] == "warning" and alert["causes"] == ["model"] and alert["kind"] == "leak"
+    assert alert["peak_probability"] == pytest.approx(0.9)
+    assert engine.state("s1") == "warning"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_streaming_rule_matches_the_detectors_confirm_alarms(seed):
+    """The engine confirms exactly where detector.confirm_alarms (used by evaluate) does."""
+    rng = np.random.default_rng(seed)
+    probs = np.clip(rng.normal(0.6, 0.25, 400), 0, 1)
+    expected = np.flatnonzero(confirm_alarms(probs, k=3, p=0.7))
+    rules = AlertRules(consecutive=3, probability=0.7, clear_samples=1)
+    engine = AlertEngine(rules)
+    confirmed = []
+    for i, p in enumerate(probs):
+        engine.observe("s", float(i), 50.0, float(p))
+        if engine.tracks["s"].positives >= 3:
+            confirmed.append(i)
+    assert confirmed == expected.tolist()
+    # and the first alert opens at the first confirmed window
+    first = opened(feed(AlertEngine(rules), list(map(float, probs)), sensor="s"))[0][0]
+    assert first == expected[0]
+
+
+def test_thresholds_fire_on_their_own_and_escalate_one_alert():
+    engine = AlertEngine(RULES)
+    # a one-sample glitch of 3000 ppm does not alarm
+    assert opened(feed(engine, ppms=[50, 3000, 50, 50])) == []
+    events = feed(engine, ppms=[520, 530, 800, 1100, 1300, 1250], t0=10)  # model silent (no probabilities)
+    (t, alert), = opened(events)
+    assert t == 11 and alert["level"] == "warning" and alert["causes"] == ["threshold"]
+    escalations = [(t, a) for t, e, a in events if e == "escalated"]
+    assert [(t, a["level"]) for t, a in escalations] == [(14, "danger")]
+    final = events[-1][2]
+    assert final["id"] is None or final["id"] == alert["id"]
+    assert final["peak_ppm"] == 1300 and final["level"] == "danger"
+    assert engine.state("s1") == "danger"
+
+
+def test_danger_directly():
+    engine = AlertEngine(RULES)
+    (t, alert), = opened(feed(engine, ppms=[50, 1500, 1600]))
+    assert t == 2 and alert["level"] == "danger"
+
+
+def test_alert_closes_when_readings_return_to_normal():
+    engine = AlertEngine(RULES)
+    events = feed(engine, probs=[0.9] * 5 + [0.8] * 3 + [0.1] * 10, ppms=[700] * 8 + [60] * 10)
+    closed = [(t, a) for t, e, a in events if e == "closed"]
+    (t, alert), = closed
+    # normal readings start at t=8 (ppm < 500 and p < 0.7); 5 of them close it at t=12
+    assert t == 12 and alert["end_ts"] == 12 and alert["start_ts"] == 1
+    assert engine.state("s1") == "normal"
+    # high probability alone keeps it open (the model still sees a leak)
+    engine = AlertEngine(RULES)
+    events = feed(engine, probs=[0.9] * 20, ppms=[700] * 3 + [60] * 17)
+    assert [e for _, e, _ in events if e == "closed"] == []
+
+
+def test_offline_alert_opens_and_closes():
+    engine = AlertEngine(RULES)
+    feed(engine, ppms=[50] * 3)
+    assert engine.check_offline({"s1": 2.0}, now=10.0) == []
+    changes = engine.check_offline({"s1": 2.0}, now=17.5)
+    (event, alert), = changes
+    assert event == "opened" and alert["kind"] == "offline" and alert["level"] == "info"
+    assert engine.state("s1") == "offline"
+    assert engine.check_offline({"s1": 2.0}, now=30.0) == []  # once per outage
+    events = feed(engine, ppms=[50], t0=31)
+    assert [(e, a["kind"], a["end_ts"]) for _, e, a in events] == [("closed", "offline", 31)]
+    assert engine.state("s1") == "normal"
+
+
+def test_restart_continues_open_alerts():
+    engine = AlertEngine(RULES)
+    events = feed(engine, ppms=[800] * 4)
+    alert = dict(opened(events)[0][1], id=7)
+    restarted = AlertEngine(RULES, open_alerts=[alert])
+    more = feed(restarted, ppms=[900, 1200, 1200, 60, 60, 60, 60, 60], t0=4)
+    assert opened(more) == []  # the same incident, not a new alert
+    kinds = [(e, a["id"], a["level"]) for _, e, a in more if e != "updated"]
+    assert kinds == [("escalated", 7, "danger"), ("closed", 7, "danger")]
+
+
+def test_bad_rules_are_refused():
+    with pytest.raises(ValueError, match="warning_ppm < danger_ppm"):
+        AlertRules(warning_ppm=1000, danger_ppm=500)
+    with pytest.raises(ValueError, match="probability"):
+        AlertRules(probability=0)
