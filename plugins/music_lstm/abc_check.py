@@ -1,0 +1,271 @@
+"""Is a generated tune valid ABC? Header fixing, a light repair, and a music21 check.
+
+Three steps, in the order generate and evaluate run them:
+
+1. :func:`fix_header` gives every tune a proper header: ``X:`` (its number), ``T:`` (label and
+   number), then the fields the model wrote (``M:``, ``L:``, ``Q:``, ...), with ``M:``/``L:``/``K:``
+   added from defaults when missing or unreadable, ``K:`` last.
+2. :func:`repair` (configurable, each fix by name) makes small, local fixes that music21 would
+   otherwise choke on or misread: drop a trailing partial bar of a tune cut off at the length
+   limit, close an unclosed chord ``[...`` or grace group ``{...``, drop an unclosed ``"`` string,
+   close an unclosed repeat ``|: ...`` at the end of the tune.
+3. :func:`check` parses the tune with music21 (``converter.parse(text, format="abc")``) and
+   compares every bar's length with its metre. The first bar (a pickup) and the last are ignored;
+   so are two short bars that together make a full one (a section that ends on a part bar and a
+   pickup into the next, as folk tunes write ``... d6 || A2 | ...``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+
+FIELD_LINE = re.compile(r"^([A-Za-z]):(.*)$")
+_METRE = re.compile(r"^\s*(C\|?|none|\d+(\+\d+)*/\d+)\s*$")
+_UNIT = re.compile(r"^\s*1/(1|2|4|8|16|32|64)\s*$")
+_KEY = re.compile(r"^\s*([A-G][#b]?\s*(m|min|maj|major|minor|mix|dor|phr|lyd|loc|aeo|ion|[a-zA-Z]*)?|none|HP|Hp)?(\s.*)?$")
+# One note inside a chord or grace group: accidentals, letter, octave marks, length, tie.
+_GROUP_NOTE = re.compile(r"/?[=^_]*[A-Ga-gz][,']*[0-9/]*-?")
+_BARLINE = re.compile(r":*\|[\]|:]*|\[\||::")
+
+DEFAULT_HEADER = {"M": "4/4", "L": "1/8", "K": "C"}
+REPAIRS = ("trailing_bar", "chord", "grace", "string", "repeat")
+
+
+def _is_field(line: str) -> re.Match | None:
+    m = FIELD_LINE.match(line)
+    # "A:|" and "B::" are a note followed by a repeat sign, not a field.
+    if m and not m.group(2).startswith((":", "|")):
+        return m
+    return None
+
+
+def split_header(text: str) -> tuple[list[tuple[str, str]], str]:
+    """Leading ``X:value`` lines as (name, value) pairs, and the rest of the tune."""
+    lines = text.strip("\n").split("\n")
+    header = []
+    for i, line in enumerate(lines):
+        m = _is_field(line.strip())
+        if not m:
+            return header, "\n".join(lines[i:])
+        header.append((m.group(1), m.group(2).strip()))
+    return header, ""
+
+
+def fix_header(text: str, index: int, title: str, defaults: dict | None = None) -> tuple[str, list[str]]:
+    """The tune with header ``X:index``, ``T:title``, its own fields, defaults for missing ones, K: last.
+
+    Returns (text, names of the fields that were added or replaced because missing or unreadable).
+    """
+    defaults = {**DEFAULT_HEADER, **(defaults or {})}
+    header, body = split_header(text)
+    fields: dict[str, str] = {}
+    for name, value in header:
+        if name in ("X", "T"):
+            continue
+        fields.setdefault(name, value)  # the first value of a repeated field wins
+    fixed = []
+    checks = {"M": _METRE, "L": _UNIT, "K": _KEY}
+    for name in ("M", "L", "K"):
+        value = fields.get(name)
+        if value is None or not value.strip() or not checks[name].match(value):
+            fields[name] = defaults[name]
+            fixed.append(name)
+    key = fields.pop("K")
+    lines = [f"X:{index}", f"T:{title}", *(f"{k}:{v}" for k, v in fields.items()), f"K:{key}"]
+    if body.strip():
+        lines.append(body.strip("\n"))
+    return "\n".join(lines) + "\n", fixed
+
+
+# ---------------------------------------------------------------------------------------------
+# Light repair
+
+
+def _close_groups(line: str, opener: str, closer: str) -> tuple[str, bool]:
+    """Close a chord ``[`` or grace group ``{`` left open on this line, right after its notes.
+
+    A group counts as unclosed when no closer follows before the next opener or barline; a
+    stray opener with no notes after it is dropped. Inline fields ``[K:..]``, endings ``[1`` and
+    ``[|`` are left alone.
+    """
+    out, i, changed = [], 0, False
+    while i < len(line):
+        ch = line[i]
+        if ch != opener or (opener == "[" and re.match(r"\[([A-Za-z]:|\d|\|)", line[i:])):
+            out.append(ch)
+            i += 1
+            continue
+        stop = re.compile(r"[|" + re.escape(opener) + "]").search(line, i + 1)
+        close = line.find(closer, i + 1)
+        if close != -1 and (stop is None or close < stop.start()):
+            out.append(line[i : close + 1])
+            i = close + 1
+            continue
+        k = i + 1
+        while (m := _GROUP_NOTE.match(line, k)) and m.end() > k:
+            k = m.end()
+        out.append(line[i:k] + closer if k > i + 1 else "")
+        changed = True
+        i = k
+    return "".join(out), changed
+
+
+def repair(text: str, truncated: bool, fixes=REPAIRS) -> tuple[str, list[str]]:
+    """Apply the named light fixes to a tune (header included); returns (text, fixes applied)."""
+    unknown = set(fixes) - set(REPAIRS)
+    if unknown:
+        raise ValueError(f"unknown repair {sorted(unknown)}; known: {', '.join(REPAIRS)}")
+    header, body = split_header(text)
+    applied: list[str] = []
+    lines = body.split("\n") if body else []
+
+    if "trailing_bar" in fixes and truncated and lines:
+        # The tune hit the length limit mid-bar: cut after its last barline.
+        joined = "\n".join(lines)
+        bars = list(_BARLINE.finditer(joined))
+        if bars and joined[bars[-1].end() :].strip():
+            joined = joined[: bars[-1].end()]
+            lines = joined.split("\n")
+            applied.append("trailing_bar")
+
+    def per_line(name, fn):
+        nonlocal lines
+        changed_any = False
+        new = []
+        for line in lines:
+            if _is_field(line.strip()):
+                new.append(line)
+                continue
+            line, changed = fn(line)
+            changed_any |= changed
+            new.append(line)
+        lines = new
+        if changed_any:
+            applied.append(name)
+
+    if "string" in fixes:
+
+        def close_string(line):
+            # An odd quote opens a string that never ends: drop it and the word it starts.
+            if line.count('"') % 2:
+                i = line.rfind('"')
+                m = re.compile(r"[^\s|]*").match(line, i + 1)
+                return line[:i] + line[m.end() :], True
+            return line, False
+
+        per_line("string", close_string)
+    if "chord" in fixes:
+        per_line("chord", lambda line: _close_groups(line, "[", "]"))
+    if "grace" in fixes:
+        per_line("grace", lambda line: _close_groups(line, "{", "}"))
+
+    if "repeat" in fixes and lines:
+        joined = "\n".join(lines)
+        depth = 0
+        for m in re.finditer(r":*\|[:\]|]*|::", _strip_strings(joined)):
+            sign = m.group(0)
+            if sign == "::" or (sign.startswith(":") and sign.endswith(":")):
+                depth = 1  # end one repeat, start the next
+            elif sign.startswith(":"):
+                depth = 0
+            elif sign.endswith(":"):
+                depth = 1
+        if depth:
+            stripped = joined.rstrip()
+            tail = re.search(r"(\|\]|\|\||\|)$", stripped)
+            joined = (stripped[: tail.start()] if tail else stripped) + ":|"
+            lines = joined.split("\n")
+            applied.append("repeat")
+
+    head = "\n".join(f"{k}:{v}" for k, v in header)
+    out = head + ("\n" + "\n".join(lines) if lines else "")
+    return out.rstrip("\n") + "\n", applied
+
+
+def _strip_strings(text: str) -> str:
+    return re.sub(r'"[^"\n]*"', lambda m: " " * len(m.group(0)), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The music21 check
+
+
+@dataclass
+class Check:
+    parses: bool
+    bars_consistent: bool
+    notes: int = 0
+    measures: int = 0
+    bad_bars: list[int] = field(default_factory=list)  # measure numbers whose length is off
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse(text: str):
+    """music21's ABC parser, quiet; raises whatever it raises."""
+    import music21
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return music21.converter.parse(text, format="abc", forceSource=True)
+
+
+def bar_lengths(score) -> list[tuple[int, Fraction, Fraction]]:
+    """(measure number, actual length, metre length) in quarter notes for the first part."""
+    parts = list(score.parts) if hasattr(score, "parts") else []
+    part = parts[0] if parts else score
+    out = []
+    for m in part.getElementsByClass("Measure"):
+        expected = m.barDuration.quarterLength if m.timeSignature or m.getContextByClass("TimeSignature") else None
+        if expected is None:
+            continue
+        out.append((m.number, Fraction(m.duration.quarterLength).limit_denominator(960), Fraction(expected).limit_denominator(960)))
+    return out
+
+
+def consistent_bars(bars: list[tuple[int, Fraction, Fraction]]) -> list[int]:
+    """Numbers of the bars whose length disagrees with the metre (pickup and final bar ignored).
+
+    Two adjacent short bars that add up to a full one count as one bar split by a section line.
+    """
+    bad = []
+    i = 1
+    last = len(bars) - 1
+    while i < last:
+        number, length, expected = bars[i]
+        if length == expected:
+            i += 1
+            continue
+        if length < expected and i + 1 <= last:
+            _, nxt_len, nxt_exp = bars[i + 1]
+            if nxt_exp == expected and length + nxt_len == expected:
+                i += 2
+                continue
+        bad.append(number)
+        i += 1
+    return bad
+
+
+def check(text: str) -> Check:
+    """Parse with music21 and check bar lengths; never raises."""
+    try:
+        score = parse(text)
+    except Exception as e:  # music21 raises many types on malformed input
+        return Check(parses=False, bars_consistent=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200])
+    try:
+        notes = len(score.recurse().notes)
+        bars = bar_lengths(score)
+    except Exception as e:
+        return Check(parses=False, bars_consistent=False, error=f"{type(e).__name__}: {e}"[:200])
+    if notes == 0:
+        return Check(parses=False, bars_consistent=False, error="no notes")
+    if not bars:
+        # music21 makes measures only from at least two regular barlines.
+        return Check(parses=True, bars_consistent=False, notes=notes, error="no bars")
+    bad = consistent_bars(bars)
+    return Check(parses=True, bars_consistent=not bad, notes=notes, measures=len(bars), bad_bars=bad)

@@ -1,0 +1,227 @@
+"""``python -m framework task=music evaluate``: how good is the model, in numbers.
+
+1. Bits per character on real tunes (the data's test split by default, or any folder of tunes
+   with ``data=abc_dir data.path=...``): the tune's characters and its end token, given the label.
+2. ``evaluate.num_tunes`` generated tunes per label: the share that parse with music21, that have
+   bars consistent with their metre, that needed a repair (the same header fix, repair and check
+   as generate mode).
+3. Style control: a character n-gram TF-IDF + logistic regression classifier, trained on real
+   tunes of each label (the train split), scores every generated tune; reported is the share
+   recognised as the label it was asked for, against chance (1 / number of labels). Its accuracy
+   on the held-out real tunes says how far the classifier itself can be trusted.
+4. Generation speed in characters per second.
+
+Everything is printed as a table and returned as metrics (metrics.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from framework import UserError, checkpoints
+from plugins.music_lstm import abc_check
+from plugins.music_lstm.decoding import StepModel
+from plugins.music_lstm.generate import finish_tunes, load_model, sample_tunes, sampling_from, normalise_prompt, table
+from plugins.music_lstm.model import MusicLSTM
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def bits_per_char(model: MusicLSTM, tunes, batch_size: int = 64) -> tuple[float, int, int]:
+    """(bits per character, characters scored, tunes skipped for unknown characters or labels).
+
+    Each tune is framed as in training, ``<label> <s> chars </s>``; scored are the predictions of
+    the characters and ``</s>``.
+    """
+    vocab = model.vocabulary
+    seqs, rows, skipped = [], [], 0
+    for tune in tunes:
+        if tune.label not in vocab.labels or vocab.missing(tune.text):
+            skipped += 1
+            continue
+        seqs.append(vocab.encode_tune(tune.text, tune.label))
+        rows.append(vocab.label_index(tune.label))
+    if not seqs:
+        return float("nan"), 0, skipped
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    nll, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        longest = max(len(seqs[i]) for i in idx)
+        x = torch.full((len(idx), longest), vocab.pad_id, dtype=torch.long)
+        for r, i in enumerate(idx):
+            x[r, : len(seqs[i])] = torch.tensor(seqs[i])
+        labels = torch.tensor([rows[i] for i in idx])
+        logits, _ = model(x[:, :-1], labels)
+        target = x[:, 1:].clone()
+        target[:, 0] = vocab.pad_id  # <s> after the label token is given, not predicted
+        nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=vocab.pad_id, reduction="sum"))
+        count += int((target != vocab.pad_id).sum())
+    return nll / count / math.log(2), count, skipped
+
+
+def classifier_text(abc: str) -> str:
+    """What the style classifier reads: the tune without X: and T: (T: names the label)."""
+    header, body = abc_check.split_header(abc)
+    kept = [f"{k}:{v}" for k, v in header if k not in ("X", "T")]
+    return "\n".join(kept + ([body] if body else []))
+
+
+class StyleClassifier:
+    """Character n-gram TF-IDF + logistic regression (scikit-learn), balanced over labels."""
+
+    def __init__(self, ngram_range=(1, 4), max_features: int = 100000, C: float = 10.0, seed: int = 0):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        self.pipeline = make_pipeline(
+            TfidfVectorizer(analyzer="char", ngram_range=tuple(ngram_range), max_features=max_features, sublinear_tf=True, lowercase=False),
+            LogisticRegression(C=C, max_iter=2000, class_weight="balanced", random_state=seed),
+        )
+
+    def fit(self, texts: list[str], labels: list[str]) -> "StyleClassifier":
+        self.pipeline.fit([classifier_text(t) for t in texts], labels)
+        self.labels_ = list(self.pipeline.classes_)
+        return self
+
+    def predict(self, texts: list[str]) -> list[str]:
+        return list(self.pipeline.predict([classifier_text(t) for t in texts]))
+
+
+def _cap_per_label(tunes, cap: int | None, seed: int):
+    if not cap:
+        return list(tunes)
+    rng = random.Random(seed)
+    by_label: dict[str, list] = {}
+    for t in tunes:
+        by_label.setdefault(t.label, []).append(t)
+    out = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        out.extend(rng.sample(group, cap) if len(group) > cap else group)
+    return out
+
+
+def load_tunes(cfg: DictConfig, ckpt: dict) -> dict[str, list]:
+    """The data's tunes per split, from the configured data module (same split as training)."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    if hasattr(datamodule, "adopt_checkpoint"):
+        datamodule.adopt_checkpoint(ckpt)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    tunes = getattr(datamodule, "tunes", None)
+    if not tunes:
+        raise UserError("the data module has no tunes to evaluate on")
+    return tunes
+
+
+def run(cfg: DictConfig) -> dict:
+    e = cfg.evaluate
+    seed = int(cfg.seed)
+    model, path = load_model(cfg)
+    vocab = model.vocabulary
+    tunes = load_tunes(cfg, checkpoints.load(path))
+    split = str(e.split)
+    if split not in tunes:
+        raise UserError(f"evaluate.split={split!r} is not one of the data's splits: {', '.join(tunes)}")
+    held_out = tunes[split]
+    if not held_out:
+        raise UserError(f"the {split} split is empty; use more data or a larger data.test_fraction")
+    metrics: dict = {"checkpoint": str(path)}
+
+    # 1. bits per character on real tunes
+    scored = list(held_out)
+    if e.get("max_eval_tunes") and len(scored) > int(e.max_eval_tunes):
+        scored = random.Random(seed).sample(scored, int(e.max_eval_tunes))
+    start = time.perf_counter()
+    bpc, chars, skipped = bits_per_char(model, scored, int(e.batch_size))
+    log.info("%s split: %.4f bits per character over %d characters of %d tunes (%d skipped: unknown characters/labels) in %.1f s",
+             split, bpc, chars, len(scored) - skipped, skipped, time.perf_counter() - start)
+    metrics |= {f"{split}/bpc": bpc, f"{split}/chars": chars, f"{split}/tunes": len(scored) - skipped, f"{split}/skipped": skipped}
+
+    # 2. the style classifier, trained on real tunes of each label
+    c = e.classifier
+    train = _cap_per_label(tunes.get("train") or [], c.get("max_train_per_label"), seed)
+    train_labels = sorted({t.label for t in train})
+    classifier = None
+    if len(train_labels) >= 2:
+        start = time.perf_counter()
+        classifier = StyleClassifier(list(c.ngram_range), int(c.max_features), float(c.C), seed).fit(
+            [t.text for t in train], [t.label for t in train]
+        )
+        real = [t for t in held_out if t.label in classifier.labels_]
+        real_acc = sum(p == t.label for p, t in zip(classifier.predict([t.text for t in real]), real)) / max(1, len(real))
+        log.info("style classifier: %d labels, trained on %d real tunes, %.1f%% accurate on %d held-out real tunes (%.1f s)",
+                 len(train_labels), len(train), 100 * real_acc, len(real), time.perf_counter() - start)
+        metrics |= {"classifier_real_accuracy": real_acc, "classifier_labels": len(train_labels)}
+    else:
+        log.warning("style control not scored: the training split has %d label(s)", len(train_labels))
+
+    # 3. generated tunes per label
+    labels = [label for label in vocab.labels for _ in range(int(e.num_tunes))]
+    prompt = normalise_prompt(e.get("prompt"))
+    step_model = StepModel(model, quantize=bool(e.quantize))
+    texts, out = sample_tunes(model, labels, prompt, int(e.length), sampling_from(e), seed, step_model=step_model)
+    header_defaults = OmegaConf.to_container(e.header_defaults) if e.get("header_defaults") else None
+    results = finish_tunes(texts, labels, out.ended, fixes=list(e.get("repair") or []), header_defaults=header_defaults)
+    predicted = classifier.predict([r.abc for r in results]) if classifier else [None] * len(results)
+
+    rows = []
+    totals = {"parse": 0, "bars": 0, "repaired": 0, "style": 0, "style_n": 0}
+    for label in vocab.labels:
+        mine = [(r, p) for r, p in zip(results, predicted) if r.label == label]
+        n = len(mine)
+        parse = sum(r.check.parses for r, _ in mine)
+        bars = sum(r.check.bars_consistent for r, _ in mine)
+        repaired = sum(bool(r.repairs) for r, _ in mine)
+        scored_style = classifier is not None and label in classifier.labels_
+        style = sum(p == label for _, p in mine) if scored_style else None
+        totals["parse"] += parse
+        totals["bars"] += bars
+        totals["repaired"] += repaired
+        if scored_style:
+            totals["style"] += style
+            totals["style_n"] += n
+            metrics[f"style/{label}"] = style / n
+        metrics[f"parse/{label}"] = parse / n
+        metrics[f"bars/{label}"] = bars / n
+        rows.append([label, n, f"{100 * parse / n:.0f}%", f"{100 * bars / n:.0f}%", f"{100 * repaired / n:.0f}%",
+                     f"{100 * style / n:.0f}%" if scored_style else "-"])
+    n = len(results)
+    chance = 1 / len(classifier.labels_) if classifier else None
+    style_share = totals["style"] / totals["style_n"] if totals["style_n"] else None
+    rows.append(["all", n, f"{100 * totals['parse'] / n:.0f}%", f"{100 * totals['bars'] / n:.0f}%",
+                 f"{100 * totals['repaired'] / n:.0f}%", f"{100 * style_share:.0f}% (chance {100 * chance:.0f}%)" if style_share is not None else "-"])
+    chars_per_s = out.num_chars / max(out.seconds, 1e-9)
+    log.info("\n%s", table(rows, ["label", "tunes", "parse", "bars ok", "repaired", "recognised as label"]))
+    summary = [
+        ["bits per character", f"{bpc:.4f} ({split} split, {chars} chars)"],
+        ["parse", f"{100 * totals['parse'] / n:.1f}%"],
+        ["bars consistent", f"{100 * totals['bars'] / n:.1f}%"],
+        ["needed repair", f"{100 * totals['repaired'] / n:.1f}%"],
+        ["style recognised", f"{100 * style_share:.1f}% vs chance {100 * chance:.1f}%" if style_share is not None else "not scored"],
+        ["classifier on real tunes", f"{100 * metrics['classifier_real_accuracy']:.1f}%" if classifier else "-"],
+        ["generation", f"{out.num_chars} chars in {out.seconds:.2f} s = {chars_per_s:.0f} chars/s ({'int8' if e.quantize else 'float32'}, batch {n})"],
+    ]
+    log.info("\n%s", table(summary, ["evaluate", "value"]))
+    metrics |= {
+        "generated_tunes": n,
+        "parse_share": totals["parse"] / n,
+        "bars_consistent_share": totals["bars"] / n,
+        "repaired_share": totals["repaired"] / n,
+        "style_recognised_share": style_share,
+        "style_chance": chance,
+        "generated_chars": out.num_chars,
+        "chars_per_second": chars_per_s,
+    }
+    return metrics

@@ -1,0 +1,236 @@
+"""``python -m framework task=music generate``: write tunes, check them, render them.
+
+    generate.region=irish generate.num_tunes=8 generate.length=600 generate.temperature=0.9
+    generate.top_k=0 generate.top_p=0.95 generate.prompt='M:6/8\\nK:Dm\\n' seed=1 ckpt_path=...
+
+All tunes are sampled in one batch by stateful decoding (:mod:`plugins.music_lstm.decoding`),
+then each gets a proper header, a light repair and a music21 check (:mod:`.abc_check`), and its
+files (:mod:`.render`). With no label, the tunes cycle through every label the model knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from framework import UserError, checkpoints, runs
+from plugins.music_lstm import abc_check, render
+from plugins.music_lstm.decoding import Generated, Sampling, StepModel, generate
+from plugins.music_lstm.model import MusicLSTM
+
+log = logging.getLogger(__name__)
+
+
+def load_model(cfg: DictConfig) -> tuple[MusicLSTM, Path]:
+    """The model named by ``ckpt_path`` or the latest successful train run, in eval mode on CPU."""
+    path = runs.resolve_checkpoint(cfg)
+    ckpt = checkpoints.load(path)
+    try:
+        model = MusicLSTM(**ckpt["hyper_parameters"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise UserError(f"{path} is not a music model checkpoint: {str(e).splitlines()[0]}") from e
+    return model.eval(), path
+
+
+def requested_labels(gen_cfg, known: list[str], num_tunes: int) -> list[str]:
+    """The label of every tune: the one asked for (``region`` or its alias ``label``), else each
+    known label in turn. An unknown label is a one-line error listing the known ones."""
+    asked = gen_cfg.get("region") or gen_cfg.get("label")
+    if asked is None or str(asked) == "":
+        if not known:
+            raise UserError("the model has no labels")
+        return [known[i % len(known)] for i in range(num_tunes)]
+    asked = str(asked)
+    if asked not in known:
+        # Accept any capitalisation ("Liyue" for the label "liyue").
+        folded = {k.lower(): k for k in known}
+        if asked.lower() not in folded:
+            raise UserError(f"unknown label {asked!r}; the model knows: {', '.join(known)}")
+        asked = folded[asked.lower()]
+    return [asked] * num_tunes
+
+
+def sampling_from(section) -> Sampling:
+    try:
+        return Sampling(
+            temperature=float(section.get("temperature", 1.0)),
+            top_k=int(section.get("top_k", 0) or 0),
+            top_p=float(section.get("top_p", 1.0) or 1.0),
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def normalise_prompt(prompt: str | None) -> str:
+    """The prompt as the model saw its training text: newline-separated lines, no blank lines."""
+    if not prompt:
+        return ""
+    text = str(prompt).replace("\\n", "\n").replace("\r\n", "\n")
+    lines = [line.strip() for line in text.split("\n")]
+    out = "\n".join(line for line in lines if line)
+    # A prompt that ends with a complete line continues on a new line.
+    return out + "\n" if text.rstrip(" ").endswith("\n") else out
+
+
+@dataclass
+class TuneResult:
+    index: int
+    label: str
+    title: str
+    raw: str  # prompt + what the model wrote, before any fixing
+    abc: str  # with header, repaired
+    ended: bool
+    header_fixes: list[str]
+    repairs: list[str]
+    check: abc_check.Check
+
+
+def sample_tunes(
+    model: MusicLSTM,
+    labels: list[str],
+    prompt: str,
+    length: int,
+    sampling: Sampling,
+    seed: int,
+    quantize: bool = False,
+    step_model: StepModel | None = None,
+) -> tuple[list[str], Generated]:
+    """Texts (prompt + continuation) for one tune per entry of ``labels``, in one batch."""
+    vocab = model.vocabulary
+    missing = vocab.missing(prompt)
+    if missing:
+        raise UserError(f"prompt has characters the model does not know: {''.join(sorted(missing))!r}")
+    step_model = step_model or StepModel(model, quantize=quantize)
+    prompt_ids = vocab.encode(prompt)
+    prefixes = [vocab.prefix(label) + prompt_ids for label in labels]
+    rows = [vocab.label_index(label) for label in labels]
+    out = generate(step_model, prefixes, rows, max_new=length, eos_id=vocab.eos_id, sampling=sampling, seed=seed)
+    texts = [prompt + vocab.decode(ids) for ids in out.tokens]
+    return texts, out
+
+
+def finish_tunes(
+    texts: list[str],
+    labels: list[str],
+    ended: list[bool],
+    fixes=abc_check.REPAIRS,
+    header_defaults: dict | None = None,
+) -> list[TuneResult]:
+    """Header, light repair, music21 check for each generated text."""
+    results = []
+    counters: dict[str, int] = {}
+    for i, (text, label, end) in enumerate(zip(texts, labels, ended), start=1):
+        counters[label] = counters.get(label, 0) + 1
+        title = f"{label} {counters[label]}"
+        repaired, repairs = abc_check.repair(text, truncated=not end, fixes=fixes)
+        abc, header_fixes = abc_check.fix_header(repaired, index=i, title=title, defaults=header_defaults)
+        results.append(TuneResult(i, label, title, text, abc, end, header_fixes, repairs, abc_check.check(abc)))
+    return results
+
+
+def summarise(results: list[TuneResult]) -> dict:
+    n = max(1, len(results))
+    return {
+        "tunes": len(results),
+        "parse_share": sum(r.check.parses for r in results) / n,
+        "bars_consistent_share": sum(r.check.bars_consistent for r in results) / n,
+        "repaired_share": sum(bool(r.repairs) for r in results) / n,
+        "header_fixed_share": sum(bool(r.header_fixes) for r in results) / n,
+        "ended_share": sum(r.ended for r in results) / n,
+    }
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    """A plain text table for the log."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict:
+    g = cfg.generate
+    num_tunes = int(g.num_tunes)
+    length = int(g.length)
+    if num_tunes < 1 or length < 1:
+        raise UserError(f"generate.num_tunes and generate.length must be >= 1, got {num_tunes} and {length}")
+    formats = list(g.get("render") or [])
+    unknown = set(formats) - set(render.FORMATS)
+    if unknown:
+        raise UserError(f"unknown generate.render format(s) {sorted(unknown)}; known: {', '.join(render.FORMATS)}")
+    fixes = list(g.get("repair") or [])
+    if set(fixes) - set(abc_check.REPAIRS):
+        raise UserError(f"unknown generate.repair {sorted(set(fixes) - set(abc_check.REPAIRS))}; known: {', '.join(abc_check.REPAIRS)}")
+    sampling = sampling_from(g)
+    if g.get("threads"):
+        torch.set_num_threads(int(g.threads))
+
+    model, path = load_model(cfg)
+    labels = requested_labels(g, model.vocabulary.labels, num_tunes)
+    prompt = normalise_prompt(g.get("prompt"))
+    log.info("model %s: %s, labels %s", path, model.vocabulary, ", ".join(model.vocabulary.labels))
+    texts, out = sample_tunes(model, labels, prompt, length, sampling, int(cfg.seed), quantize=bool(g.quantize))
+    chars_per_s = out.num_chars / max(out.seconds, 1e-9)
+    log.info(
+        "generated %d tunes, %d characters in %.3f s (%.0f chars/s, %s)",
+        num_tunes, out.num_chars, out.seconds, chars_per_s, "int8" if g.quantize else "float32",
+    )
+
+    header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
+    results = finish_tunes(texts, labels, out.ended, fixes=fixes, header_defaults=header_defaults)
+
+    out_dir = runs.run_dir()
+    tunes = [
+        {
+            "name": f"tune_{r.index:03d}_{r.label}",
+            "title": r.title,
+            "label": r.label,
+            "abc": r.abc,
+            "chars": len(r.raw) - len(prompt),
+            "ended": r.ended,
+            "header_fixes": r.header_fixes,
+            "repairs": r.repairs,
+            "check": r.check.to_dict(),
+        }
+        for r in results
+    ]
+    start = time.perf_counter()
+    index = render.render_tunes(
+        tunes, out_dir, formats=formats, soundfont=g.get("soundfont"), sample_rate=int(g.get("sample_rate", 22050))
+    )
+    render_s = time.perf_counter() - start
+    if "wav" in formats and index["audio"].startswith("no .wav"):
+        log.info(index["audio"])
+
+    rows = []
+    for r, entry in zip(results, index["tunes"]):
+        rows.append([
+            entry["name"], entry["chars"], "yes" if r.ended else "limit",
+            "yes" if r.check.parses else "NO", "yes" if r.check.bars_consistent else "no",
+            ",".join(r.repairs) or "-", ",".join(entry["files"]) or "-", ",".join(entry["errors"]) or "-",
+        ])
+    log.info("\n%s", table(rows, ["tune", "chars", "ended", "parses", "bars ok", "repairs", "files", "failed"]))
+    summary = summarise(results)
+    log.info(
+        "parse %.0f%%, bars consistent %.0f%%, repaired %.0f%%; files in %s (index.html)",
+        100 * summary["parse_share"], 100 * summary["bars_consistent_share"], 100 * summary["repaired_share"], out_dir,
+    )
+    failures = sum(len(e["errors"]) for e in index["tunes"])
+    return {
+        **summary,
+        "chars": out.num_chars,
+        "generate_seconds": out.seconds,
+        "chars_per_second": chars_per_s,
+        "render_seconds": render_s,
+        "render_failures": failures,
+        "quantized": bool(g.quantize),
+        "checkpoint": str(path),
+        "index": str(Path(out_dir) / "index.html"),
+    }

@@ -1,0 +1,258 @@
+"""Render generated tunes so a person can look and listen: .abc, .mid, .musicxml, .svg, .png, .wav.
+
+- MIDI and MusicXML come from music21's score of the tune;
+- the staff notation (.svg) from verovio, which reads ABC itself. Verovio can crash the process on
+  malformed input (a segfault, not an exception), so it runs in a child process; a crash costs that
+  one tune its .svg, never the run;
+- the piano roll (.png) is drawn with matplotlib from music21's notes;
+- audio (.wav) is FluidSynth rendering the MIDI with a General-MIDI soundfont, when both exist.
+
+A tune that fails one format still gets the others; every failure is recorded in index.json.
+``index.html`` shows every tune's score and piano roll, with an audio player when there is a .wav.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import html
+import json
+import logging
+import multiprocessing
+import shutil
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("abc", "mid", "musicxml", "svg", "png", "wav")
+SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2")
+ENABLE_AUDIO = "apt-get install fluidsynth fluid-soundfont-gm"
+
+
+def find_soundfont(soundfont: str | None = None) -> str | None:
+    if soundfont:
+        return soundfont if Path(soundfont).is_file() else None
+    return next((p for p in SOUNDFONTS if Path(p).is_file()), None)
+
+
+def audio_tools(soundfont: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """(fluidsynth binary, soundfont, why audio is off or None)."""
+    binary = shutil.which("fluidsynth")
+    font = find_soundfont(soundfont)
+    if binary and font:
+        return binary, font, None
+    missing = "FluidSynth" if not binary else f"a General-MIDI soundfont{f' at {soundfont}' if soundfont else ''}"
+    return binary, font, f"no .wav: {missing} not found; enable audio with `{ENABLE_AUDIO}`"
+
+
+# ---------------------------------------------------------------------------------------------
+# One format at a time
+
+
+def _svg_worker(abc: str, out: str, scale: int) -> int:
+    """Runs in a child process: verovio ABC -> SVG. Returns the number of pages written (one file)."""
+    import verovio
+
+    tk = verovio.toolkit()
+    tk.setOptions({"inputFrom": "abc", "adjustPageHeight": True, "pageHeight": 60000, "scale": scale, "footer": "none", "header": "auto"})
+    if not tk.loadData(abc):
+        raise RuntimeError("verovio could not read the ABC")
+    pages = tk.getPageCount()
+    if pages < 1:
+        raise RuntimeError("verovio produced no page")
+    Path(out).write_text(tk.renderToSVG(1), encoding="utf-8")
+    return pages
+
+
+class SvgRenderer:
+    """Verovio in a child process that is replaced whenever it dies."""
+
+    def __init__(self, scale: int = 40, timeout: float = 60.0):
+        self.scale, self.timeout = scale, timeout
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
+        return self._pool
+
+    def render(self, abc: str, out: Path) -> None:
+        future = self._get_pool().submit(_svg_worker, abc, str(out), self.scale)
+        try:
+            future.result(timeout=self.timeout)
+        except cf.process.BrokenProcessPool:
+            self.close(kill=True)
+            raise RuntimeError("verovio crashed on this tune") from None
+        except cf.TimeoutError:
+            self.close(kill=True)
+            raise RuntimeError(f"verovio took more than {self.timeout:.0f} s") from None
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is not None:
+            if kill:
+                for proc in list(getattr(self._pool, "_processes", {}).values()):
+                    proc.kill()
+            self._pool.shutdown(wait=not kill, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def piano_roll(score, out: Path, title: str = "") -> None:
+    """Notes as horizontal bars: time in quarter notes across, MIDI pitch up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = []
+    for n in score.flatten().notes:
+        pitches = n.pitches if n.isChord else [n.pitch]
+        for p in pitches:
+            bars.append((float(n.offset), float(n.duration.quarterLength) or 0.125, p.midi))
+    if not bars:
+        raise ValueError("no notes to draw")
+    end = max(o + d for o, d, _ in bars)
+    fig, ax = plt.subplots(figsize=(min(24.0, 3 + end / 6), 3.2), dpi=80)
+    for onset, dur, pitch in bars:
+        ax.broken_barh([(onset, dur * 0.95)], (pitch - 0.4, 0.8), color="tab:blue")
+    pitches = [p for _, _, p in bars]
+    ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("quarter notes")
+    ax.set_ylabel("MIDI pitch")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def wav(midi: Path, out: Path, binary: str, soundfont: str, sample_rate: int = 22050, timeout: float = 120.0) -> None:
+    proc = subprocess.run(
+        [binary, "-ni", "-q", "-F", str(out), "-r", str(sample_rate), soundfont, str(midi)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
+        raise RuntimeError(f"fluidsynth failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-200:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every tune, every format
+
+
+def render_tunes(
+    tunes: list[dict],
+    out_dir: Path,
+    formats=FORMATS,
+    soundfont: str | None = None,
+    sample_rate: int = 22050,
+    svg_scale: int = 40,
+) -> dict:
+    """Write each tune's files into ``out_dir``; returns the index (also written as index.json/html).
+
+    ``tunes`` are dicts with at least ``name`` (file stem), ``abc`` (text) and ``title``; any other
+    keys (label, checks, ...) are copied into the index. Failures are recorded per tune and format.
+    """
+    from plugins.music_lstm.abc_check import parse
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown render format {sorted(unknown)}; known: {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary, font, audio_off = audio_tools(soundfont)
+    if "wav" in formats and audio_off:
+        log.warning(audio_off)
+    entries = []
+    with SvgRenderer(scale=svg_scale) as svg:
+        for tune in tunes:
+            name = tune["name"]
+            files: dict[str, str] = {}
+            errors: dict[str, str] = {}
+
+            def attempt(fmt: str, fn) -> None:
+                if fmt not in formats:
+                    return
+                path = out_dir / f"{name}.{fmt}"
+                try:
+                    fn(path)
+                    files[fmt] = path.name
+                except Exception as e:  # one format failing must not stop the others
+                    errors[fmt] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                    path.unlink(missing_ok=True)
+
+            attempt("abc", lambda p: p.write_text(tune["abc"], encoding="utf-8"))
+            score = None
+            if {"mid", "musicxml", "png", "wav"} & set(formats):
+                try:
+                    score = parse(tune["abc"])
+                except Exception as e:
+                    reason = f"music21 cannot parse the tune: {type(e).__name__}"
+                    for fmt in ("mid", "musicxml", "png", "wav"):
+                        if fmt in formats:
+                            errors[fmt] = reason
+            if score is not None:
+                attempt("mid", lambda p: score.write("midi", fp=str(p)))
+                attempt("musicxml", lambda p: score.write("musicxml", fp=str(p)))
+                attempt("png", lambda p: piano_roll(score, p, tune.get("title", name)))
+                if "wav" in formats:
+                    if audio_off:
+                        errors["wav"] = audio_off
+                    elif "mid" in files:
+                        attempt("wav", lambda p: wav(out_dir / files["mid"], p, binary, font, sample_rate))
+                    else:
+                        errors["wav"] = "no MIDI to render"
+            attempt("svg", lambda p: svg.render(tune["abc"], p))
+            entries.append({**{k: v for k, v in tune.items() if k != "abc"}, "files": files, "errors": errors})
+
+    index = {"tunes": entries, "formats": list(formats), "audio": audio_off or f"fluidsynth with {font}"}
+    (out_dir / "index.json").write_text(json.dumps(index, indent=2))
+    (out_dir / "index.html").write_text(index_html(index, out_dir))
+    return index
+
+
+def index_html(index: dict, out_dir: Path) -> str:
+    """One page: every tune's staff notation (inline SVG), piano roll, audio and links."""
+    rows = []
+    for t in index["tunes"]:
+        files = t["files"]
+        parts = [f"<h2>{html.escape(str(t.get('title', t['name'])))}</h2>"]
+        check = t.get("check") or {}
+        if check:
+            verdict = "parses" if check.get("parses") else "does not parse"
+            bars = "bars consistent" if check.get("bars_consistent") else "bars inconsistent"
+            fixes = ", ".join(t.get("repairs") or []) or "none"
+            parts.append(f"<p class=meta>{verdict}; {bars}; repairs: {html.escape(fixes)}</p>")
+        if "svg" in files:
+            svg_text = (out_dir / files["svg"]).read_text(encoding="utf-8")
+            parts.append(f"<div class=score>{svg_text}</div>")
+        if "png" in files:
+            parts.append(f'<img class=roll src="{html.escape(files["png"])}" alt="piano roll">')
+        if "wav" in files:
+            parts.append(f'<audio controls preload="none" src="{html.escape(files["wav"])}"></audio>')
+        links = " · ".join(f'<a href="{html.escape(f)}">.{k}</a>' for k, f in files.items())
+        parts.append(f"<p>{links}</p>")
+        if t.get("errors"):
+            errs = "; ".join(f"{k}: {v}" for k, v in t["errors"].items())
+            parts.append(f"<p class=err>{html.escape(errs)}</p>")
+        if "abc" in files:
+            abc = (out_dir / files["abc"]).read_text(encoding="utf-8")
+            parts.append(f"<details><summary>ABC</summary><pre>{html.escape(abc)}</pre></details>")
+        rows.append("<section>" + "\n".join(parts) + "</section>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto}section{border-bottom:1px solid #ccc;padding:1em 0}"
+        ".score svg{max-width:100%;height:auto}.roll{max-width:100%}.meta{color:#555}.err{color:#a00;font-size:90%}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>Generated tunes</title>"
+        f"<style>{style}</style></head><body><h1>Generated tunes</h1>"
+        f"<p>{html.escape(str(index.get('audio', '')))}</p>" + "\n".join(rows) + "</body></html>\n"
+    )
