@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from framework import registry, runs
 from framework.cli import CONF_DIR
+from framework.errors import UserError
 
 log = logging.getLogger("framework")
 
@@ -25,7 +27,10 @@ def run(cfg: DictConfig):
         for line in devices.report(dict(cfg.trainer)):
             log.info(line)
         log.info("task=%s mode=%s run dir: %s", cfg.task.name, cfg.mode, runs.run_dir())
-    metrics = plugin.mode_function(cfg.mode)(cfg) or {}
+    from framework.runner import job_scope
+
+    with job_scope():
+        metrics = plugin.mode_function(cfg.mode)(cfg) or {}
     if is_zero:
         metrics = runs.write_metrics(metrics)
         print(json.dumps(metrics), flush=True)
@@ -37,6 +42,15 @@ def run(cfg: DictConfig):
 
 
 # An absolute path: relative ones are read as a Python package when started with `python -m`.
+def _run_reporting_user_errors(cfg: DictConfig):
+    try:
+        return run(cfg)
+    except UserError as e:
+        # Exit from inside the job: Hydra would otherwise add its own "Error executing job" line.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig):
-    return run(cfg)
+    return _run_reporting_user_errors(cfg)

@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from framework import checkpoints, devices, runs
 
@@ -82,7 +83,7 @@ def _announce_ddp_job(cfg: DictConfig) -> None:
 
 def fit(cfg: DictConfig) -> FitResult:
     """Seed, build datamodule/module/trainer from config, and fit (resuming from `ckpt_path` if given)."""
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     is_zero = os.environ.get("LOCAL_RANK", "0") == "0"
     if is_zero:
         runs.record_started(cfg)
@@ -140,6 +141,17 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-def plain_config(cfg: DictConfig) -> dict:
-    """The resolved config as plain Python values (safe to store inside a checkpoint)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+@contextmanager
+def job_scope():
+    """Undo what a DDP fit leaves behind in this process (process group, Lightning's env variables),
+    so the next job of a multirun starts its own ranks instead of waiting for the old ones."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
