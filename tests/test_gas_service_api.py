@@ -282,3 +282,49 @@ def test_webhook_is_retried_with_backoff_and_never_blocks_detection(tmp_path):
         dead.notify("opened", {"id": i, "message": "x"})
     assert time.perf_counter() - t0 < 0.5
     dead.close(timeout=0.5)
+
+
+def test_offline_sensor_is_alerted_and_recovers(tmp_path):
+    clock = [time.time()]
+    storage = Storage(tmp_path / "offline.sqlite")
+    pipeline = Pipeline(ThresholdDetector(), storage, AlertRules(offline_after_s=15), clock=lambda: clock[0])
+    client = TestClient(create_app(pipeline, ServiceSettings()))
+    try:
+        client.post("/api/sensor/readings", json=series("quiet", 5, t0=clock[0] - 5) + series("chatty", 5, t0=clock[0] - 5))
+        pipeline.drain()
+        clock[0] += 20
+        client.post("/api/sensor/readings", json=reading("chatty", ts=clock[0]))
+        pipeline.drain()
+        pipeline.check_offline()  # the detection thread does this every round
+        states = {s["sensor_id"]: s["state"] for s in client.get("/api/status").json()["sensors"]}
+        assert states == {"quiet": "offline", "chatty": "warming_up"}
+        alert = client.get("/api/alerts/history", params={"kind": "offline"}).json()["alerts"][0]
+        assert alert["sensor_id"] == "quiet" and alert["level"] == "info" and alert["open"]
+        client.post("/api/sensor/readings", json=reading("quiet", ts=clock[0] + 1))
+        pipeline.drain()
+        alert = client.get("/api/alerts/history", params={"kind": "offline"}).json()["alerts"][0]
+        assert not alert["open"] and alert["end"] == pytest.approx(clock[0] + 1)
+    finally:
+        storage.close()
+
+
+class _Broken(ThresholdDetector):
+    def predict_proba(self, windows):
+        raise RuntimeError("LSTM weights went missing")
+
+    @property
+    def status(self):
+        return "PyTorch LSTM+SVM"
+
+
+def test_a_detector_failing_at_run_time_falls_back_to_the_threshold_rule(tmp_path):
+    s = Service(tmp_path / "broken.sqlite")
+    try:
+        s.pipeline.detector = _Broken()
+        assert s.client.post("/api/sensor/readings", json=series("a", 70, leak_from=60)).status_code == 201
+        s.pipeline.drain()
+        model = s.client.get("/api/status").json()["model_status"]
+        assert model["model_type"] == "Threshold" and "LSTM weights went missing" in model["fallback_reason"]
+        assert s.client.get("/api/alerts/history").json()["total"] == 1  # detection went on
+    finally:
+        s.close()

@@ -25,6 +25,7 @@ import pytest
 
 from plugins.gasleak_lstm_svm.detector import ThresholdDetector
 from conftest import REPO, cli_env, last_json_line
+from test_gas_service_mqtt import MOSQUITTO, Broker, free_port, subscriber
 
 TOKEN = "e2e-token-0123456789abcdef"
 
@@ -97,10 +98,15 @@ def wait_until(predicate, timeout: float, step: float = 0.2):
 
 
 @pytest.mark.slow
-def test_demo_sigterm_stops_cleanly_and_history_survives_a_restart(outputs, tmp_path, threshold_bundle):
+@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (.ci/run installs it)")
+def test_demo_through_mqtt_sigterm_stops_cleanly_and_history_survives_a_restart(outputs, tmp_path, threshold_bundle):
+    """The demo with mqtt.enabled: nodes -> mosquitto -> service -> alert on gas_detection/alerts; then SIGTERM."""
     db = tmp_path / "gas.sqlite"
+    broker = Broker(tmp_path, free_port()).start()
+    alerts_client, published = subscriber(broker.port, "gas_detection/alerts")
     demo = ServiceProcess(outputs, "task=gasleak", "demo", f"ckpt_path={threshold_bundle}", "serve.port=0",
-                          f"storage.path={db}", "demo.speed=20", "demo.leak_at_s=70")
+                          f"storage.path={db}", "demo.speed=20", "demo.leak_at_s=70", "mqtt.enabled=true",
+                          f"mqtt.port={broker.port}")
     try:
         url = demo.url()
         with httpx.Client(base_url=url, timeout=10) as http:
@@ -111,10 +117,17 @@ def test_demo_sigterm_stops_cleanly_and_history_survives_a_restart(outputs, tmp_
             status = http.get("/api/status").json()
             assert [s["sensor_id"] for s in status["sensors"]] == ["node-1", "node-2", "node-3"]
             assert status["model_status"]["model_type"] == "Threshold"
+            assert status["mqtt"]["connected"] and status["mqtt"]["received"] > 0
+            assert {r["source"] for r in http.get("/api/sensor/data").json()["readings"]} == {"mqtt"}
+        assert wait_until(lambda: any(m["event"] == "alert_opened" and m["alert"]["id"] == alerts[0]["id"]
+                                      for m in published), 10), published
         demo.proc.send_signal(signal.SIGTERM)
         assert demo.finish() == 0, demo.output
     finally:
         demo.kill()
+        alerts_client.loop_stop()
+        alerts_client.disconnect()
+        broker.stop()
     out = demo.output
     assert "stopped (SIGTERM)" in out and "Traceback" not in out
     metrics = last_json_line(out)

@@ -31,11 +31,13 @@ TOKEN_ENV = "GASLEAK_API_TOKEN"
 
 
 def demo(cfg: DictConfig) -> dict:
+    _token(cfg)  # refuse an unprotected public bind before anything slow
     detector, source = _detector(cfg, train_if_missing=True)
     return _run_service(cfg, detector, source, simulate=True)
 
 
 def serve(cfg: DictConfig) -> dict:
+    _token(cfg)
     detector, source = _detector(cfg, train_if_missing=False)
     return _run_service(cfg, detector, source, simulate=False)
 
