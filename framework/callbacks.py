@@ -119,6 +119,8 @@ def _hms(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -141,7 +143,7 @@ class RichRunProgressBar(RichProgressBar):
 
         class RunTimeColumn(ProgressColumn):
             def render(self, task) -> Text:
-                return Text(f"run {_hms(clock.elapsed())} elapsed, ~{_hms(clock.remaining(trainer))} left", style="cyan")
+                return Text(f"run {_hms(clock.elapsed())} ~{_hms(clock.remaining(trainer))} left", style="cyan")
 
         return super().configure_columns(trainer) + [RunTimeColumn()]
 

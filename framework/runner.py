@@ -81,6 +81,15 @@ def _announce_ddp_job(cfg: DictConfig) -> None:
         os.environ[DDP_JOB_ENV] = json.dumps(job)
 
 
+def requeued_checkpoint() -> str | None:
+    """A SLURM job requeued after its time limit (submitit does this) resumes from its own last.ckpt."""
+    last = runs.run_dir() / "checkpoints" / "last.ckpt"
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and last.exists():
+        log.info("requeued SLURM job: resuming from %s", last)
+        return str(last)
+    return None
+
+
 def fit(cfg: DictConfig) -> FitResult:
     """Seed, build datamodule/module/trainer from config, and fit (resuming from `ckpt_path` if given)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -106,7 +115,7 @@ def fit(cfg: DictConfig) -> FitResult:
     _announce_ddp_job(cfg)
     trainer = build_trainer(cfg)
     started = time.monotonic()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path") or requeued_checkpoint())
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
     if not best and checkpoint_cb is not None and checkpoint_cb.last_model_path:
