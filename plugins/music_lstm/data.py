@@ -398,6 +398,8 @@ class MusicDataModule(L.LightningDataModule):
         return {"arrays": arrays, "meta": meta}
 
     def prepare_data(self) -> None:
+        if self.vocab is not None:
+            return  # already set up (the runner calls this before Lightning does)
         paths = self._cache_paths()
         if paths and all(p.exists() for p in paths):
             return
