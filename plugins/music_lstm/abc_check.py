@@ -9,14 +9,19 @@ Three steps, in the order generate and evaluate run them:
    otherwise choke on or misread: drop a trailing partial bar of a tune cut off at the length
    limit, close an unclosed chord ``[...`` or grace group ``{...``, drop an unclosed ``"`` string,
    close an unclosed repeat ``|: ...`` at the end of the tune.
-3. :func:`check` parses the tune with music21 (``converter.parse(text, format="abc")``) and
-   compares every bar's length with its metre. The first bar (a pickup) and the last are ignored;
+3. :func:`check` parses the tune with music21 (``converter.parse(text, format="abc")``; a tune
+   where music21 had to guess a pitch for something that is no note does not count as parsing) and
+   compares every bar's length, as written, with its metre. The first bar (a pickup) and the last are ignored;
    so are two short bars that together make a full one (a section that ends on a part bar and a
-   pickup into the next, as folk tunes write ``... d6 || A2 | ...``).
+   pickup into the next, as folk tunes write ``... d6 || A2 | ...``), and a bar that holds exactly
+   whole bars (a barline left out at a line break, as the Essen collection writes its tunes).
+   music21's own re-barring is switched off for the check: it would silently split an overfull bar.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -206,13 +211,30 @@ class Check:
         return asdict(self)
 
 
-def parse(text: str):
-    """music21's ABC parser, quiet; raises whatever it raises."""
-    import music21
+def parse(text: str, rebar: bool = True, messages: list[str] | None = None):
+    """music21's ABC parser, quiet; raises whatever it raises.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return music21.converter.parse(text, format="abc", forceSource=True)
+    music21 reports what it could not read (``Could not get pitch information from note: R4,
+    assuming C``) on stderr and carries on; those lines are collected into ``messages``.
+    It also "re-bars" an overfull bar: it cuts it at the metre's length and gives the overflow a
+    bar of its own with a made-up time signature, which hides the error. The bar check parses
+    with ``rebar=False`` to see the bars as written.
+    """
+    import music21
+    from music21.abcFormat import translate
+
+    err = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.ExitStack() as stack:
+            warnings.simplefilter("ignore")
+            if not rebar:
+                original = translate.reBar
+                translate.reBar = lambda part, inPlace=False: None if inPlace else part
+                stack.callback(setattr, translate, "reBar", original)
+            return music21.converter.parse(text, format="abc", forceSource=True)
+    finally:
+        if messages is not None:
+            messages.extend(line.strip() for line in err.getvalue().splitlines() if line.strip())
 
 
 def bar_lengths(score) -> list[tuple[int, Fraction, Fraction]]:
@@ -231,14 +253,17 @@ def bar_lengths(score) -> list[tuple[int, Fraction, Fraction]]:
 def consistent_bars(bars: list[tuple[int, Fraction, Fraction]]) -> list[int]:
     """Numbers of the bars whose length disagrees with the metre (pickup and final bar ignored).
 
-    Two adjacent short bars that add up to a full one count as one bar split by a section line.
+    Two adjacent short bars that add up to a full one count as one bar split by a section line;
+    a bar of exactly k whole bars counts as k bars whose barlines were left out.
     """
     bad = []
     i = 1
     last = len(bars) - 1
     while i < last:
         number, length, expected = bars[i]
-        if length == expected:
+        if length > 0 and length % expected == 0:
+            # a full bar, or whole bars with a barline left out (the Essen collection ends
+            # lines without one: the line break is its barline)
             i += 1
             continue
         if length < expected and i + 1 <= last:
@@ -253,8 +278,9 @@ def consistent_bars(bars: list[tuple[int, Fraction, Fraction]]) -> list[int]:
 
 def check(text: str) -> Check:
     """Parse with music21 and check bar lengths; never raises."""
+    messages: list[str] = []
     try:
-        score = parse(text)
+        score = parse(text, rebar=False, messages=messages)
     except Exception as e:  # music21 raises many types on malformed input
         return Check(parses=False, bars_consistent=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200])
     try:
@@ -262,6 +288,10 @@ def check(text: str) -> Check:
         bars = bar_lengths(score)
     except Exception as e:
         return Check(parses=False, bars_consistent=False, error=f"{type(e).__name__}: {e}"[:200])
+    unread = [m for m in messages if "Could not get pitch" in m]
+    if unread:
+        # music21 guessed a C for something that is not a note: the tune does not really parse
+        return Check(parses=False, bars_consistent=False, notes=notes, error=unread[0].split("WARNING:")[-1].strip()[:200])
     if notes == 0:
         return Check(parses=False, bars_consistent=False, error="no notes")
     if not bars:

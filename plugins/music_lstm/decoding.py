@@ -63,13 +63,20 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, V)."""
+def sample(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V).
+
+    ``noise`` (B, V) of Exp(1) draws may be given instead of a generator (generate draws it for
+    every tune of the batch, so a tune's sample does not depend on which others are still running).
+    """
     if sampling.temperature <= 0:
         return logits.argmax(dim=-1)
     scores = filter_logits(logits, sampling)
-    race = torch.empty_like(scores).exponential_(generator=generator)
-    return (scores - race.log_()).argmax(dim=-1)
+    if noise is None:
+        noise = torch.empty_like(scores).exponential_(generator=generator)
+    return (scores - noise.log()).argmax(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +304,8 @@ def generate(
 
     ``prefixes[i]`` (e.g. ``[<label>, <s>, *prompt]``) is fed first; prefixes may differ in length.
     A tune stops at ``eos_id`` (when ``stop_at_eos``) or after ``max_new`` tokens. With ``compact``
-    finished tunes leave the batch, so the rest run on a smaller matrix.
+    finished tunes leave the batch, so the rest run on a smaller matrix; the random draws are made
+    for every tune at every step, so compacting does not change what a tune samples.
     """
     if not prefixes or any(len(p) == 0 for p in prefixes):
         raise ValueError("every tune needs a non-empty prefix")
@@ -328,7 +336,11 @@ def generate(
     for t in range(1, total):
         logits = step_model.step(tokens, state)
         steps += 1
-        nxt = sample(logits, sampling, gen)
+        noise = None
+        if sampling.temperature > 0:
+            noise = torch.empty(n, step_model.vocab_size).exponential_(generator=gen)
+            noise = noise if len(rows) == n else noise.index_select(0, rows)
+        nxt = sample(logits, sampling, noise=noise)
         keep = forced[rows, t]
         if t < longest:
             nxt = torch.where(keep, seq[rows, t], nxt)

@@ -1,7 +1,7 @@
 """Render generated tunes so a person can look and listen: .abc, .mid, .musicxml, .svg, .png, .wav.
 
 - MIDI and MusicXML come from music21's score of the tune;
-- the staff notation (.svg) from verovio, which reads ABC itself. Verovio can crash the process on
+- the staff notation (.svg) from verovio, which reads ABC itself. Verovio can crash its process on
   malformed input (a segfault, not an exception), so it runs in a child process; a crash costs that
   one tune its .svg, never the run;
 - the piano roll (.png) is drawn with matplotlib from music21's notes;
@@ -13,13 +13,14 @@ A tune that fails one format still gets the others; every failure is recorded in
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import html
 import json
 import logging
-import multiprocessing
+import os
+import select
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ def audio_tools(soundfont: str | None = None) -> tuple[str | None, str | None, s
 # One format at a time
 
 
-def _svg_worker(abc: str, out: str, scale: int) -> int:
-    """Runs in a child process: verovio ABC -> SVG. Returns the number of pages written (one file)."""
+def _svg(abc: str, out: str, scale: int) -> int:
+    """verovio: ABC -> one SVG file; returns the page count (one tall page by design)."""
     import verovio
 
     tk = verovio.toolkit()
-    tk.setOptions({"inputFrom": "abc", "adjustPageHeight": True, "pageHeight": 60000, "scale": scale, "footer": "none", "header": "auto"})
+    tk.setOptions({"inputFrom": "abc", "adjustPageHeight": True, "pageHeight": 60000, "scale": scale, "footer": "none"})
     if not tk.loadData(abc):
         raise RuntimeError("verovio could not read the ABC")
     pages = tk.getPageCount()
@@ -64,36 +65,75 @@ def _svg_worker(abc: str, out: str, scale: int) -> int:
     return pages
 
 
+def svg_worker() -> None:
+    """``python -m plugins.music_lstm.render``: one JSON request per stdin line, one reply per line."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            _svg(req["abc"], req["out"], int(req.get("scale", 40)))
+            reply = {"ok": True}
+        except Exception as e:
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
 class SvgRenderer:
-    """Verovio in a child process that is replaced whenever it dies."""
+    """Verovio in a child process that is started again whenever it dies (it can segfault on
+    malformed ABC). Requests are JSON lines over a pipe; a reply that does not come in time kills it."""
 
     def __init__(self, scale: int = 40, timeout: float = 60.0):
         self.scale, self.timeout = scale, timeout
-        self._pool: cf.ProcessPoolExecutor | None = None
+        self._proc: subprocess.Popen | None = None
 
-    def _get_pool(self) -> cf.ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
-        return self._pool
+    def _start(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            root = str(Path(__file__).resolve().parents[2])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "plugins.music_lstm.render"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+        return self._proc
 
     def render(self, abc: str, out: Path) -> None:
-        future = self._get_pool().submit(_svg_worker, abc, str(out), self.scale)
+        proc = self._start()
         try:
-            future.result(timeout=self.timeout)
-        except cf.process.BrokenProcessPool:
+            proc.stdin.write(json.dumps({"abc": abc, "out": str(out), "scale": self.scale}) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            self.close()
+            raise RuntimeError("the verovio worker died") from None
+        ready, _, _ = select.select([proc.stdout], [], [], self.timeout)
+        if not ready:
             self.close(kill=True)
-            raise RuntimeError("verovio crashed on this tune") from None
-        except cf.TimeoutError:
+            raise RuntimeError(f"verovio took more than {self.timeout:.0f} s")
+        line = proc.stdout.readline()
+        if not line:  # end of file: the worker died on this tune
             self.close(kill=True)
-            raise RuntimeError(f"verovio took more than {self.timeout:.0f} s") from None
+            raise RuntimeError("verovio crashed on this tune")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(reply["error"])
 
     def close(self, kill: bool = False) -> None:
-        if self._pool is not None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
             if kill:
-                for proc in list(getattr(self._pool, "_processes", {}).values()):
-                    proc.kill()
-            self._pool.shutdown(wait=not kill, cancel_futures=True)
-            self._pool = None
+                proc.kill()
+            else:
+                proc.stdin.close()  # the worker's loop ends at end of input
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self
@@ -256,3 +296,7 @@ def index_html(index: dict, out_dir: Path) -> str:
         f"<style>{style}</style></head><body><h1>Generated tunes</h1>"
         f"<p>{html.escape(str(index.get('audio', '')))}</p>" + "\n".join(rows) + "</body></html>\n"
     )
+
+
+if __name__ == "__main__":
+    svg_worker()
