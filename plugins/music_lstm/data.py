@@ -357,6 +357,8 @@ class MusicDataModule(L.LightningDataModule):
 
     def _build(self) -> dict:
         tunes, summary = read_corpus(self.cfg)
+        # Split first, so a split holds the same tunes whatever vocabulary they are encoded with.
+        splits = split_by_tune(tunes, self.cfg["split_seed"], self.cfg["val_fraction"], self.cfg["test_fraction"])
         labels = sorted({t.label for t in tunes})
         if self.base_vocab is None:
             vocab = Vocabulary.build((t.text for t in tunes), labels)
@@ -366,24 +368,26 @@ class MusicDataModule(L.LightningDataModule):
         else:
             vocab = self.base_vocab
             known = set(vocab.labels)
-            kept, unknown_chars, dropped = [], set(), Counter()
-            for t in tunes:
+            unknown_chars, dropped = set(), Counter()
+
+            def usable(t: Tune) -> bool:
                 missing = vocab.missing(t.text)
                 if t.label not in known:
                     dropped["label not in the model"] += 1
-                elif missing:
+                    return False
+                if missing:
                     dropped["characters not in the model's vocabulary"] += 1
-                    unknown_chars |= missing
-                else:
-                    kept.append(t)
-            tunes = kept
-            summary["tunes_kept"] = len(tunes)
+                    unknown_chars.update(missing)
+                    return False
+                return True
+
+            splits = {name: [t for t in split if usable(t)] for name, split in splits.items()}
+            summary["tunes_kept"] = sum(len(split) for split in splits.values())
             summary["tunes_skipped"] = dict(sorted((Counter(summary["tunes_skipped"]) + dropped).items()))
             summary["unknown_characters"] = sorted(unknown_chars)
-        if not tunes:
+        if not any(splits.values()):
             raise UserError(f"no usable tunes in {self.cfg.get('path') or self.cfg['source']} "
                             f"(skipped: {summary['tunes_skipped']})")
-        splits = split_by_tune(tunes, self.cfg["split_seed"], self.cfg["val_fraction"], self.cfg["test_fraction"])
         summary["vocab_size"] = len(vocab)
         summary["labels"] = vocab.labels
         summary["tunes_per_split"] = {k: len(v) for k, v in splits.items()}
@@ -458,6 +462,8 @@ class MusicDataModule(L.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------------
     def train_dataloader(self):
         tokens, targets, labels = self.arrays["train"]
+        if len(tokens) < 2:
+            raise UserError("the training split is empty: use more tunes or smaller data.val_fraction/test_fraction")
         batches = self.batches_per_epoch or max(1, len(tokens) // (self.batch_size * self.seq_len))
         ds = RandomWindows(tokens, targets, labels, self.seq_len, self.batch_size, batches)
         # Each item already is a batch; batch_size=None passes it through.

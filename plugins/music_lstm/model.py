@@ -130,7 +130,9 @@ class MusicLSTM(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=hp.lr_factor, patience=hp.lr_patience
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        # strict=False: a run without validation (limit_val_batches=0) keeps its learning rate.
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "strict": False}}
 
     # -- incremental training ---------------------------------------------------------------
     def load_init_weights(self, state_dict: dict) -> None:
