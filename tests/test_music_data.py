@@ -318,3 +318,21 @@ def test_adopt_checkpoint_adds_or_skips_new_characters(tmp_path):
 
     with pytest.raises(UserError, match="no vocabulary"):
         grown.adopt_checkpoint({"hyper_parameters": {}})
+
+
+def test_hoyomusic_hub_code_path(monkeypatch):
+    """Without data.path the loader calls datasets.load_dataset on the hub; here it returns the fixture
+    (as a DatasetDict with an integer ClassLabel, the hub's schema) since this machine has no network."""
+    datasets = pytest.importorskip("datasets")
+    names = ["Teyvat", "Mondstadt", "Liyue", "Inazuma", "Sumeru", "Fontaine", "Natlan", "Snezhnaya"]
+    rows = [r | {"label": r["label"] if isinstance(r["label"], int) else names.index(r["label"])} for r in hoyomusic_rows()]
+    features = datasets.Features({"prompt": datasets.Value("string"), "data": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=names)})
+    fake = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:7], features=features),
+                                 "test": datasets.Dataset.from_list(rows[7:], features=features)})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: calls.append(name) or fake)
+    tunes, summary = read_corpus({"source": "hoyomusic", "path": None})
+    assert calls == ["Genius-Society/hoyoMusic"]
+    assert summary["tunes_kept"] == 9
+    assert summary["tunes_per_label"] == {"inazuma": 1, "liyue": 1, "mondstadt": 1, "snezhnaya": 6}
