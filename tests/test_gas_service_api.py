@@ -328,3 +328,25 @@ def test_a_detector_failing_at_run_time_falls_back_to_the_threshold_rule(tmp_pat
         assert s.client.get("/api/alerts/history").json()["total"] == 1  # detection went on
     finally:
         s.close()
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+    def notify(self, event, alert):
+        self.events.append((event, alert["id"], alert["level"]))
+
+
+def test_notifications_carry_the_alert_as_it_was_at_each_event(tmp_path):
+    recorder = _Recorder()
+    s = Service(tmp_path / "events.sqlite", notifier=recorder)
+    try:
+        gas = [60.0] * 70 + [700.0] * 3 + [1500.0] * 3  # warning, then danger, scored in one round
+        body = [reading("a", time.time() - 100 + i, g) for i, g in enumerate(gas)]
+        assert s.client.post("/api/sensor/readings", json=body).status_code == 201
+        s.pipeline.drain()
+        alert_id = s.client.get("/api/alerts/history").json()["alerts"][0]["id"]
+        assert recorder.events == [("opened", alert_id, "warning"), ("escalated", alert_id, "danger")]
+    finally:
+        s.close()

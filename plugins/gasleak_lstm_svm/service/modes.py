@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -121,18 +122,26 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
         rules = AlertRules.from_config(cfg.alerts)
     except ValueError as exc:
         raise UserError(str(exc))
-    host = str(sc.host)
-    sock = _bind(host, int(sc.port))
-    port = sock.getsockname()[1]
-
+    wh = cfg.alerts.webhook
+    if wh.url and not str(wh.url).startswith(("http://", "https://")):
+        raise UserError(f"alerts.webhook.url must be an http:// or https:// URL, not {wh.url!r}")
     db_path = Path(cfg.storage.path) if cfg.storage.get("path") else runs.run_dir() / "gasleak.sqlite"
-    storage = Storage(db_path, synchronous=cfg.storage.synchronous, retention_hours=cfg.storage.retention_hours)
+    try:
+        storage = Storage(db_path, synchronous=cfg.storage.synchronous, retention_hours=cfg.storage.retention_hours)
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        raise UserError(f"cannot open the storage {db_path}: {exc}")
+    host = str(sc.host)
+    try:
+        sock = _bind(host, int(sc.port))
+    except UserError:
+        storage.close()
+        raise
+    port = sock.getsockname()[1]
     bridge = None
     if mc.enabled:
         bridge = MqttBridge(str(mc.host), int(mc.port), topic_prefix=str(mc.topic_prefix), qos=int(mc.qos),
                             keepalive=int(mc.keepalive), reconnect_max_s=float(mc.reconnect_max_s),
                             username=mc.get("username"), password=mc.get("password") or os.environ.get("GASLEAK_MQTT_PASSWORD"))
-    wh = cfg.alerts.webhook
     notifier = Notifier(wh.url, timeout_s=wh.timeout_s, retries=wh.retries, backoff_s=wh.backoff_s,
                         publish=bridge.publish_alert if bridge else None)
     pipeline = Pipeline(detector, storage, rules, notifier, max_future_s=sc.max_future_s, max_gap_s=sc.max_gap_s,

@@ -185,8 +185,8 @@ class Pipeline:
                 self.sensors[sid].probability = p
             for event, alert in self.engine.observe(sid, ts, gas, p):
                 changed[id(alert)] = alert
-                if event in NOTIFY:
-                    notify.append((event, alert))
+                if event in NOTIFY:  # as it is now: it may escalate later in this round
+                    notify.append((event, alert, dict(alert)))
         self.stats["windows_scored"] += len(scores)
         self._finish_round(scores, changed, notify)
         self.stats["rounds"] += 1
@@ -212,15 +212,16 @@ class Pipeline:
             seen = {sid: s.last_seen for sid, s in self.sensors.items() if s.last_seen is not None}
         changes = self.engine.check_offline(seen, self.clock())
         if changes:
-            self._finish_round([], {id(a): a for _, a in changes}, changes)
+            self._finish_round([], {id(a): a for _, a in changes}, [(e, a, dict(a)) for e, a in changes])
 
     def _finish_round(self, scores, changed: dict, notify: list) -> None:
         self.storage.save_round(scores, changed.values())  # assigns ids to new alerts
-        for event, alert in notify:
+        for event, alert, snapshot in notify:
+            snapshot["id"] = alert["id"]
             if event == "opened":
                 self.stats["alerts_opened"] += 1
             if self.notifier is not None:
-                self.notifier.notify(event, dict(alert))
+                self.notifier.notify(event, snapshot)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every reading ingested so far has been through detection (tests, shutdown)."""
