@@ -332,6 +332,9 @@ def generate(
     state = step_model.init_state(torch.tensor(label_rows, dtype=torch.long))
     tokens = seq[:, 0].clone()
     done = torch.zeros(n, dtype=torch.bool)
+    any_done = False
+    # Equal prefixes (the usual case) share one length limit: the loop's end is the limit.
+    uniform = bool((prefix_len == longest).all())
     steps = 0
     for t in range(1, total):
         logits = step_model.step(tokens, state)
@@ -341,27 +344,38 @@ def generate(
             noise = torch.empty(n, step_model.vocab_size).exponential_(generator=gen)
             noise = noise if len(rows) == n else noise.index_select(0, rows)
         nxt = sample(logits, sampling, noise=noise)
-        keep = forced[rows, t]
-        if t < longest:
+        keep = None
+        if t < longest:  # still feeding some tune's prefix
+            keep = forced[rows, t]
             nxt = torch.where(keep, seq[rows, t], nxt)
-        seq[rows, t] = nxt
-        over = t >= limit[rows] - 1  # this was the tune's last allowed position
+        if len(rows) == n:
+            seq[:, t] = nxt
+        else:
+            seq[rows, t] = nxt
+        over = None if uniform else t >= limit[rows] - 1  # the tune's last allowed position
         if stop_at_eos:
-            hit = (nxt == eos_id) & ~keep & ~done
+            hit = nxt == eos_id
+            if keep is not None:
+                hit &= ~keep
+            if any_done:
+                hit &= ~done
             if bool(hit.any()):
                 ended[rows[hit]] = True
                 end[rows[hit]] = t
-            over = over | hit
-        newly = over & ~done
-        if bool(newly.any()):
-            done = done | newly
-            if bool(done.all()):
-                break
-            # Drop finished tunes from the batch once a quarter of it is idle.
-            if compact and int(done.sum()) * 4 >= len(rows):
-                live = (~done).nonzero().squeeze(1)
-                state = state.select(live)
-                rows, nxt, done = rows[live], nxt[live], done[live]
+                over = hit if over is None else over | hit
+        if over is not None:
+            newly = over & ~done if any_done else over
+            if bool(newly.any()):
+                done = done | newly
+                any_done = True
+                if bool(done.all()):
+                    break
+                # Drop finished tunes from the batch once a quarter of it is idle.
+                if compact and int(done.sum()) * 4 >= len(rows):
+                    live = (~done).nonzero().squeeze(1)
+                    state = state.select(live)
+                    rows, nxt, done = rows[live], nxt[live], done[live]
+                    any_done = bool(done.any())
         tokens = nxt
     seconds = time.perf_counter() - start
 
