@@ -1,0 +1,379 @@
+"""Sensor series -> 60-sample windows: the simulator and CSV sources, and the LightningDataModule.
+
+Every source yields a list of ``Series`` (one recording each: readings of shape (T, 3) in raw units,
+0/1 labels, timestamps). The datamodule concatenates them into one flat float32 array and keeps
+only the *end index* of every window, so a million rows cost 12 MB and windows are gathered in
+batches with one fancy-indexing call, never as Python objects per row or per window.
+
+Labelling: a window is positive when its **last** sample is during a leak. A detector therefore
+learns to answer "is there a leak now?", and a leak can be confirmed a few seconds after it starts
+rather than after the 60 s it takes to fill a window.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from framework.errors import UserError
+from plugins.gasleak_lstm_svm.simulator import LeakEvent, simulate_series
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("gas_concentration", "temperature", "humidity")
+CSV_COLUMNS = ("timestamp", *CHANNELS)
+WINDOW = 60
+
+
+@dataclass
+class Series:
+    """One recording: ``signal`` (T, 3) float32 in raw units, ``label`` (T,) int8, ``time`` (T,) seconds."""
+
+    series_id: str
+    signal: np.ndarray
+    label: np.ndarray
+    time: np.ndarray
+    events: list[LeakEvent] | None = None  # known ground truth (simulator); else derived from labels
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.signal)
+
+
+def label_runs(label: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, end)) index ranges where ``label`` is 1."""
+    padded = np.concatenate([[0], np.asarray(label, dtype=np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+# --------------------------------------------------------------------------------------------
+# Windows over concatenated series
+# --------------------------------------------------------------------------------------------
+
+
+class Windows(Dataset):
+    """Windows of ``window`` samples over series concatenated into one array.
+
+    ``ends`` are indices (into the flat array) of each window's last sample; ``series_index`` says
+    which series each window comes from. Supports batched fetching (``__getitems__``).
+    """
+
+    def __init__(self, series: list[Series], window: int = WINDOW, stride: int = 1, extra_ends: np.ndarray | None = None):
+        self.series = series
+        self.window = window
+        lengths = np.array([len(s) for s in series], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.signal = np.concatenate([s.signal for s in series]) if series else np.zeros((0, 3), np.float32)
+        self.label = np.concatenate([s.label for s in series]) if series else np.zeros(0, np.int8)
+        ends, which = [], []
+        for i, n in enumerate(lengths):
+            e = np.arange(window - 1, n, stride, dtype=np.int64)
+            ends.append(self.offsets[i] + e)
+            which.append(np.full(len(e), i, dtype=np.int32))
+        self.ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        self.series_index = np.concatenate(which) if which else np.zeros(0, np.int32)
+        if extra_ends is not None and len(extra_ends):
+            order = np.argsort(np.concatenate([self.ends, extra_ends]), kind="stable")
+            self.ends = np.concatenate([self.ends, extra_ends])[order]
+            self.series_index = (np.searchsorted(self.offsets, self.ends, side="right") - 1).astype(np.int32)
+        self._back = np.arange(window - 1, -1, -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.label[self.ends].astype(np.int64)
+
+    def gather(self, idx) -> np.ndarray:
+        """Raw windows (len(idx), window, 3) for window indices ``idx``."""
+        return self.signal[self.ends[np.asarray(idx)][:, None] - self._back]
+
+    def arrays(self, idx=None) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        return self.gather(idx), self.y[idx]
+
+    def __getitem__(self, i):
+        x, y = self.arrays([i])
+        return torch.from_numpy(x[0]), int(y[0])
+
+    def __getitems__(self, idx):
+        x, y = self.arrays(idx)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def hard_ends(ws: Windows, follow: int = 30, jump: float = 0.5) -> np.ndarray:
+    """Window ends (flat indices) that decide latency and false alarms: the ``follow`` samples after
+    a label change (a leak starting or ending) or after a sharp jump of the gas reading
+    (|Δ log(1+ppm)| > ``jump``: bursts, glitches, dropouts). Every end has a full window behind it."""
+    gas = np.log1p(np.clip(ws.signal[:, 0], 0, None))
+    changes = np.concatenate([np.flatnonzero(np.diff(ws.label.astype(np.int8))), np.flatnonzero(np.abs(np.diff(gas)) > jump)]) + 1
+    ends = (changes[:, None] + np.arange(follow)[None]).ravel()
+    ends = ends[ends < len(ws.label)]
+    series = np.searchsorted(ws.offsets, ends, side="right") - 1
+    return np.unique(ends[(ends - ws.offsets[series] >= ws.window - 1) & (ends < ws.offsets[series + 1])])
+
+
+def _collate(batch):
+    return batch  # __getitems__ already built the batch tensors
+
+
+# --------------------------------------------------------------------------------------------
+# CSV reader
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CsvReport:
+    rows: int = 0
+    bad_lines: list[int] = field(default_factory=list)  # 1-based line numbers in the file
+    action: str = "skip"
+
+    def summary(self, path) -> str:
+        shown = ", ".join(map(str, self.bad_lines[:10])) + (" ..." if len(self.bad_lines) > 10 else "")
+        verb = "skipped" if self.action == "skip" else "interpolated"
+        return f"{path}: {len(self.bad_lines)} bad row(s) of {self.rows} {verb} (lines {shown})"
+
+
+def read_csv(path, on_bad_rows: str = "skip", sample_every: int = 1, require_label: bool = True) -> tuple[list[Series], CsvReport]:
+    """Read ``timestamp,gas_concentration,temperature,humidity[,label][,series_id]`` into Series.
+
+    Vectorised with pandas: a million rows take a couple of seconds. Rows with missing or
+    non-numeric values (or the wrong number of fields) are reported by line number and, per
+    ``on_bad_rows``, skipped or (``interpolate``) filled linearly within their series; rows with
+    too many fields are always skipped. Timestamps may be numbers (seconds) or ISO date-times.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if on_bad_rows not in ("skip", "interpolate"):
+        raise UserError(f"data.on_bad_rows must be 'skip' or 'interpolate', got {on_bad_rows!r}")
+    if not path.is_file():
+        raise UserError(f"CSV file not found: {path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            df = pd.read_csv(path, dtype=str, skip_blank_lines=False, on_bad_lines="warn", keep_default_na=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read CSV {path}: {str(e).strip().splitlines()[0]}") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"CSV {path} lacks column(s) {', '.join(missing)}; needs {','.join(CSV_COLUMNS)}[,label][,series_id]")
+    if require_label and "label" not in df.columns:
+        raise UserError(f"CSV {path} has no 'label' column (1 during a leak); training and evaluation need one")
+
+    skipped = sorted(int(n) for w in caught for n in re.findall(r"line (\d+)", str(w.message)))
+    lines = np.setdiff1d(np.arange(2, 2 + len(df) + len(skipped)), skipped)
+    values = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in CHANNELS}
+    ts_raw = df["timestamp"]
+    ts = pd.to_numeric(ts_raw, errors="coerce").to_numpy(np.float64)
+    if np.isnan(ts).mean() > 0.5:  # not numbers: date-times
+        parsed = pd.to_datetime(ts_raw, errors="coerce", utc=True, format="mixed")
+        ts = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)  # NaT -> NaN
+    label = pd.to_numeric(df["label"], errors="coerce").to_numpy(np.float64) if "label" in df.columns else np.zeros(len(df))
+    sid = df["series_id"].fillna("").astype(str).str.strip().to_numpy() if "series_id" in df.columns else np.full(len(df), "0")
+
+    data = np.column_stack([ts, values[CHANNELS[0]], values[CHANNELS[1]], values[CHANNELS[2]], label])
+    bad = ~np.isfinite(data).all(axis=1)
+    if "label" in df.columns:
+        bad |= ~np.isin(label, (0, 1)) & np.isfinite(label)
+        data[~np.isin(label, (0, 1)), 4] = np.nan
+    report = CsvReport(rows=len(df) + len(skipped), bad_lines=sorted(skipped + lines[bad].tolist()), action=on_bad_rows)
+    if report.bad_lines:
+        log.warning(report.summary(path))
+    if on_bad_rows == "skip":
+        keep = ~bad
+        data, sid = data[keep], sid[keep]
+
+    codes, names = pd.factorize(sid, sort=True)
+    order = np.lexsort((np.nan_to_num(data[:, 0], nan=np.inf), codes))  # by series, then time
+    data, codes = data[order], codes[order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    series = []
+    for chunk, code in zip(np.split(data, bounds), codes[np.concatenate([[0], bounds])] if len(codes) else []):
+        if on_bad_rows == "interpolate":
+            chunk = _interpolate(chunk)
+        chunk = chunk[:: max(1, int(sample_every))]
+        if len(chunk) == 0 or not np.isfinite(chunk).all():
+            continue
+        series.append(
+            Series(
+                series_id=str(names[code]),
+                signal=chunk[:, 1:4].astype(np.float32),
+                label=chunk[:, 4].round().astype(np.int8),
+                time=chunk[:, 0] - chunk[0, 0],
+                meta={"t0": float(chunk[0, 0])},
+            )
+        )
+    if not series:
+        raise UserError(f"CSV {path} has no usable rows")
+    return series, report
+
+
+def _interpolate(chunk: np.ndarray) -> np.ndarray:
+    """Fill NaNs linearly along the series (nearest value at the ends; labels by nearest)."""
+    chunk = chunk.copy()
+    n = np.arange(len(chunk))
+    for j in range(chunk.shape[1]):
+        col = chunk[:, j]
+        ok = np.isfinite(col)
+        if ok.all() or not ok.any():
+            continue
+        col[~ok] = np.interp(n[~ok], n[ok], col[ok])
+    return chunk
+
+
+# --------------------------------------------------------------------------------------------
+# DataModules
+# --------------------------------------------------------------------------------------------
+
+
+class GasDataModule(L.LightningDataModule):
+    """Windows for the autoencoder (stage 1) and arrays for the SVM (stage 2) from train/val/test series.
+
+    Subclasses implement ``load_series(split)``. Standardisation statistics come from the training
+    series only (gas on a log scale, see ``model.standardise``) and reach the model through
+    ``model_kwargs()``, so they are saved inside its checkpoint.
+    """
+
+    def __init__(self, window: int = WINDOW, train_stride: int = 10, val_stride: int = 30, eval_stride: int = 1,
+                 batch_size: int = 32, num_workers: int = 0, log_gas: bool = True, max_train_windows: int | None = None,
+                 hard_windows: bool = True, seed: int = 0):
+        super().__init__()
+        self.window, self.train_stride, self.val_stride, self.eval_stride = window, train_stride, val_stride, eval_stride
+        self.batch_size, self.num_workers, self.log_gas = batch_size, num_workers, log_gas
+        self.max_train_windows, self.seed, self.hard_windows = max_train_windows, seed, hard_windows
+        self._series: dict[str, list[Series]] = {}
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- sources ------------------------------------------------------------------------------
+    def load_series(self, split: str) -> list[Series]:
+        raise NotImplementedError
+
+    def series(self, split: str) -> list[Series]:
+        if split not in self._series:
+            found = [s for s in self.load_series(split) if len(s) >= self.window]
+            if not found:
+                raise UserError(f"no {split} series of at least {self.window} samples")
+            self._series[split] = found
+        return self._series[split]
+
+    def windows(self, split: str, stride: int | None = None) -> Windows:
+        stride = stride or {"train": self.train_stride, "val": self.val_stride}.get(split, self.eval_stride)
+        return Windows(self.series(split), self.window, stride)
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None):
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = self.windows("train")
+            if self.hard_windows:  # also every window right after a leak starts/ends or the gas jumps
+                base = self.train_set
+                self.train_set = Windows(base.series, self.window, self.train_stride, extra_ends=np.setdiff1d(hard_ends(base), base.ends))
+            if self.max_train_windows and len(self.train_set) > self.max_train_windows:
+                keep = np.random.default_rng(self.seed).choice(len(self.train_set), self.max_train_windows, replace=False)
+                self.train_set.ends = self.train_set.ends[np.sort(keep)]
+            self.val_set = self.windows("val")
+        if stage == "test" and self.test_set is None:
+            self.test_set = self.windows("test", stride=self.val_stride)
+
+    def model_kwargs(self) -> dict:
+        train = np.concatenate([s.signal for s in self.series("train")]).astype(np.float64)
+        if self.log_gas:
+            train[:, 0] = np.log1p(np.clip(train[:, 0], 0, None))
+        std = train.std(axis=0)
+        return {"channel_mean": train.mean(axis=0).tolist(), "channel_std": np.where(std > 1e-6, std, 1.0).tolist(),
+                "log_gas": self.log_gas, "window": self.window}
+
+    def _loader(self, ds: Windows, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=_collate, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, shuffle=False)
+
+
+class SimulatorDataModule(GasDataModule):
+    """Simulated days: train, validation and test are different seeds, hence different days."""
+
+    def __init__(self, seconds_per_day: int = 86400, train_days: int = 4, val_days: int = 1, test_days: int = 7,
+                 leaks_per_hour: float = 1 / 6, min_leaks_per_day: int = 1, hard_negatives_per_hour: float = 1.0,
+                 start_hour: float = 0.0, seed: int = 0, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.seconds_per_day, self.start_hour = seconds_per_day, start_hour
+        self.days = {"train": train_days, "val": val_days, "test": test_days}
+        self.leaks_per_hour, self.hard_negatives_per_hour = leaks_per_hour, hard_negatives_per_hour
+        self.min_leaks_per_day = min_leaks_per_day
+
+    def load_series(self, split: str) -> list[Series]:
+        base = {"train": 0, "val": 10_000, "test": 20_000}[split]  # disjoint seeds per split
+        out = []
+        for day in range(self.days[split]):
+            sim = simulate_series(self.seconds_per_day, seed=self.seed * 100_000 + base + day, start_hour=self.start_hour,
+                                  leaks_per_hour=self.leaks_per_hour, hard_negatives_per_hour=self.hard_negatives_per_hour,
+                                  min_leaks=self.min_leaks_per_day)
+            signal = np.column_stack([sim[c] for c in CHANNELS]).astype(np.float32)
+            out.append(Series(f"{split}-day{day}", signal, sim["label"], sim["time"], sim["events"],
+                              {"hard_negatives": sim["hard_negatives"]}))
+        return out
+
+
+class CsvDataModule(GasDataModule):
+    """Recordings from CSV. Train/val (and test unless ``test_path``) are split by series id;
+    a file with a single series is split in time instead."""
+
+    def __init__(self, path: str | None = None, test_path: str | None = None, on_bad_rows: str = "skip",
+                 sample_every: int = 1, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        if not path:
+            raise UserError("data=csv needs data.path=<file.csv>")
+        self.path, self.test_path = path, test_path
+        self.on_bad_rows, self.sample_every = on_bad_rows, sample_every
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.reports: dict[str, CsvReport] = {}
+        self._split: dict[str, list[Series]] | None = None
+
+    def _read(self, path) -> list[Series]:
+        series, report = read_csv(path, self.on_bad_rows, self.sample_every)
+        self.reports[str(path)] = report
+        return series
+
+    def load_series(self, split: str) -> list[Series]:
+        if split == "test" and self.test_path:
+            return self._read(self.test_path)
+        if self._split is None:
+            self._split = self._split_series(self._read(self.path))
+        return self._split[split]
+
+    def _split_series(self, series: list[Series]) -> dict[str, list[Series]]:
+        test_frac = 0.0 if self.test_path else self.test_fraction
+        if len(series) >= 3:
+            order = np.random.default_rng(self.seed).permutation(len(series))
+            n_val = max(1, round(self.val_fraction * len(series)))
+            n_test = max(1, round(test_frac * len(series))) if test_frac else 0
+            pick = lambda idx: [series[i] for i in sorted(idx)]  # noqa: E731
+            return {"val": pick(order[:n_val]), "test": pick(order[n_val:n_val + n_test]), "train": pick(order[n_val + n_test:])}
+        # too few recordings to split by id: cut each in time (train | val | test)
+        out = {"train": [], "val": [], "test": []}
+        for s in series:
+            n = len(s)
+            a, b = int(n * (1 - self.val_fraction - test_frac)), int(n * (1 - test_frac))
+            for split, sl in (("train", slice(0, a)), ("val", slice(a, b)), ("test", slice(b, n))):
+                if sl.stop - sl.start > 0:
+                    out[split].append(Series(f"{s.series_id}:{split}", s.signal[sl], s.label[sl], s.time[sl] - s.time[sl][0]))
+        return out

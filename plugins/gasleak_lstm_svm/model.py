@@ -1,0 +1,121 @@
+"""The LSTM feature extractor, trained as the encoder of an autoencoder (stage 1 of the detector).
+
+encoder: standardise -> LSTM(3 -> 50, 2 layers, dropout 0.2) -> last hidden state
+         -> Linear 50->32, ReLU -> Linear 32->16, ReLU -> Linear 16->8   (8 features per window)
+decoder: 8 -> Linear -> repeated over the window -> LSTM(50) -> Linear -> 3 channels per step
+
+The decoder rebuilds the standardised window *newest sample first*, and the reconstruction error
+of the newest samples can weigh more (``recent_boost``, ``recent_tau``): the last few seconds are
+what a detector needs to confirm a leak quickly, and a plain average lets the bottleneck ignore them. The last feature
+layer has no ReLU: a ReLU there can leave features that are zero for every window.
+
+Standardisation statistics (training data only; gas on a log1p scale so that 50 ppm air and a
+5000 ppm burst are both well resolved) are hyper-parameters, so every checkpoint carries them and
+loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+
+class LSTMAutoencoder(L.LightningModule):
+    def __init__(
+        self,
+        channel_mean: list[float],
+        channel_std: list[float],
+        log_gas: bool = True,
+        window: int = 60,
+        input_size: int = 3,
+        hidden_size: int = 50,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+        feature_sizes: list[int] = (32, 16, 8),
+        decoder_hidden: int = 50,
+        reverse_target: bool = True,
+        recent_boost: float = 0.0,
+        recent_tau: float = 5.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_factor: float = 0.5,
+        lr_patience: int = 3,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        hp = self.hparams
+        self.register_buffer("mean", torch.tensor(channel_mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(channel_std, dtype=torch.float32), persistent=False)
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        layers, width = [], hidden_size
+        for i, size in enumerate(feature_sizes):
+            layers.append(nn.Linear(width, size))
+            if i < len(feature_sizes) - 1:
+                layers.append(nn.ReLU())
+            width = size
+        self.head = nn.Sequential(*layers)
+        self.n_features = width
+        self.expand = nn.Linear(width, decoder_hidden)
+        self.decoder = nn.LSTM(decoder_hidden, decoder_hidden, 1, batch_first=True)
+        self.out = nn.Linear(decoder_hidden, input_size)
+        self.reverse_target = reverse_target
+        # reconstruction weight per step: 1 + boost * exp(-age / tau), mean 1 (age 0 = newest sample)
+        age = torch.arange(window - 1, -1, -1, dtype=torch.float32)
+        w = 1.0 + recent_boost * torch.exp(-age / recent_tau)
+        self.register_buffer("step_weight", (w / w.mean()).view(1, -1, 1), persistent=False)
+
+    # -- the detector's side ----------------------------------------------------------------------
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw (B, T, 3) readings -> standardised, gas on a log1p scale when ``log_gas``."""
+        if self.hparams.log_gas:
+            x = torch.cat([torch.log1p(x[..., :1].clamp_min(0)), x[..., 1:]], dim=-1)
+        return (x - self.mean) / self.std
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(z)
+        return self.head(h[-1])
+
+    def forward(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """Raw windows (B, T, 3) -> features (B, 8)."""
+        return self.encode(self.standardise(x_raw))
+
+    # -- the autoencoder --------------------------------------------------------------------------
+    def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
+        feats = self.encode(z)
+        seed = self.expand(feats).unsqueeze(1).expand(-1, z.shape[1], -1)
+        dec, _ = self.decoder(seed.contiguous())
+        return self.out(dec)
+
+    def _loss(self, batch) -> torch.Tensor:
+        x, _ = batch
+        z = self.standardise(x.float())
+        err = (self.reconstruct(z) - (z.flip(1) if self.reverse_target else z)) ** 2
+        weight = self.step_weight.flip(1) if self.reverse_target else self.step_weight
+        return (err * weight).mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self._loss(batch), prog_bar=True, on_epoch=True)
+
+    def test_step(self, batch, batch_idx):
+        self.log("test/loss", self._loss(batch), on_epoch=True)
+
+    def on_train_epoch_end(self):
+        metrics = self.trainer.callback_metrics
+        if "val/loss" in metrics and not self.trainer.sanity_checking:
+            # the original printed the autoencoder's loss per epoch; keep that on plain stdout
+            train = metrics.get("train/loss")
+            print(f"autoencoder epoch {self.current_epoch}: train loss {float(train):.4f}, val loss {float(metrics['val/loss']):.4f}"
+                  if train is not None else f"autoencoder epoch {self.current_epoch}: val loss {float(metrics['val/loss']):.4f}",
+                  flush=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=hp.lr_factor, patience=hp.lr_patience)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}

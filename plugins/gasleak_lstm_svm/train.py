@@ -1,0 +1,115 @@
+"""`train` mode: stage 1 (the LSTM autoencoder, through the shared runner), then stage 2 (the SVMs).
+
+The bundle (``<run_dir>/detector/``) is what every other mode loads: the best stage-1 checkpoint,
+the SVM on the LSTM's 8 features, the pure SVM on the flattened window (trained alongside so the
+fallback exists), and the threshold rule's settings. ``model=svm`` skips stage 1;
+``model=threshold`` trains nothing and writes a bundle holding only the rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning.pytorch as pl
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from framework import checkpoints, runner, runs
+from framework.errors import UserError
+from plugins.gasleak_lstm_svm.data import GasDataModule, Windows, hard_ends
+from plugins.gasleak_lstm_svm.detector import LSTMSVMDetector, SVMDetector, ThresholdDetector, save_bundle
+
+log = logging.getLogger(__name__)
+
+
+def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows for the SVM: a uniform sample plus up to ``hard_fraction`` of ``max_samples`` "hard"
+    windows (``data.hard_ends``: just after a leak starts or ends, or the gas reading jumps)."""
+    rng = np.random.default_rng(seed)
+    hard = hard_ends(ws)
+    base = np.setdiff1d(ws.ends, hard)
+    n_hard = min(len(hard), int(max_samples * hard_fraction))
+    n_base = min(len(base), max_samples - n_hard)
+    ends = np.sort(np.concatenate([rng.choice(hard, n_hard, replace=False), rng.choice(base, n_base, replace=False)]))
+    return ws.signal[ends[:, None] - ws._back], ws.label[ends].astype(np.int64)
+
+
+def _scores(det, x: np.ndarray, y: np.ndarray) -> dict:
+    pred = det.predict(x)
+    tp, fp, fn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    return {"accuracy": float((pred == y).mean()), "f1": f1}
+
+
+def set_threads(dcfg) -> None:
+    import torch
+
+    if dcfg.get("torch_threads"):
+        torch.set_num_threads(int(dcfg.torch_threads))
+
+
+def run(cfg: DictConfig) -> dict:
+    dcfg = cfg.detector
+    set_threads(dcfg)
+    kind = str(dcfg.kind)
+    if kind not in ("lstm_svm", "svm", "threshold"):
+        raise UserError(f"detector.kind must be lstm_svm, svm or threshold, got {kind!r}")
+    bundle_dir = runs.run_dir() / "detector"
+    metrics: dict = {}
+    threshold = ThresholdDetector(dcfg.threshold.warning_ppm, dcfg.threshold.danger_ppm)
+    best = None
+
+    if kind == "threshold":
+        runs.record_started(cfg)
+        save_bundle(bundle_dir, threshold)
+        runs.record_train(cfg, checkpoint=None, detector=str(bundle_dir))
+        print(f"threshold rule saved to {bundle_dir} (nothing to train)", flush=True)
+        return {"detector": "threshold", "warning_ppm": threshold.warning_ppm, "danger_ppm": threshold.danger_ppm}
+
+    if kind == "lstm_svm":  # stage 1: the autoencoder through the shared runner
+        fitted = runner.fit(cfg)
+        dm: GasDataModule = fitted.datamodule
+        best = fitted.best_checkpoint
+        encoder = fitted.module
+        if best:
+            encoder.load_state_dict(checkpoints.load(best)["state_dict"])
+        metrics |= {f"autoencoder/{k.replace('/', '_')}": v for k, v in fitted.metrics.items()}
+        metrics |= {f"autoencoder/{k.replace('/', '_')}": v for k, v in runner.test(fitted, cfg).items()}
+    else:
+        pl.seed_everything(cfg.seed, verbose=False)
+        runs.record_started(cfg)
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.prepare_data()
+
+    # stage 2: the SVMs on windows from the training days, scored on the validation days
+    started = time.monotonic()
+    s = dcfg.svm
+    x, y = svm_training_set(dm.windows("train", stride=s.stride), s.max_samples, s.hard_fraction, cfg.seed)
+    if len(np.unique(y)) < 2:
+        raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
+    xv, yv = dm.windows("val", stride=s.val_stride).arrays()
+    log.info("stage 2: SVMs on %d windows (%.1f%% leak), validated on %d", len(y), 100 * y.mean(), len(yv))
+    svm_kwargs = dict(C=s.C, gamma=s.gamma, kernel=s.kernel, cv=s.calibration_cv)
+    svm = None
+    if kind == "svm" or dcfg.fallback_svm:
+        svm = SVMDetector(**svm_kwargs).fit(x, y)
+        val = _scores(svm, xv, yv)
+        print(f"pure SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f}", flush=True)
+        metrics |= {"svm/val_accuracy": val["accuracy"], "svm/val_f1": val["f1"]}
+    detector = svm
+    if kind == "lstm_svm":
+        detector = LSTMSVMDetector(encoder, fallback=svm, **svm_kwargs).fit(x, y)
+        detector.encoder_checkpoint = best
+        val = _scores(detector, xv, yv)
+        print(f"LSTM+SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f}", flush=True)
+        metrics |= {"lstm_svm/val_accuracy": val["accuracy"], "lstm_svm/val_f1": val["f1"]}
+    metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
+    metrics["svm_train_windows"] = int(len(y))
+
+    save_bundle(bundle_dir, detector, threshold, train_metrics=metrics, config={"data": str(cfg.data._target_)})
+    runs.record_train(cfg, checkpoint=best, detector=str(bundle_dir))
+    log.info("detector bundle: %s", bundle_dir)
+    print(f"detector ({detector.status}) saved to {bundle_dir}", flush=True)
+    return {"detector": kind, **metrics}

@@ -1,0 +1,192 @@
+"""Gas-leak detectors: the alert rule, the threshold rule, persistence, fallbacks and tamper refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from framework.errors import UserError
+from plugins.gasleak_lstm_svm.data import SimulatorDataModule
+from plugins.gasleak_lstm_svm.detector import (
+    LSTMSVMDetector,
+    SVMDetector,
+    ThresholdDetector,
+    confirm_alarms,
+    find_detector,
+    load_detector,
+    save_bundle,
+    sha256,
+)
+from plugins.gasleak_lstm_svm.model import LSTMAutoencoder
+from plugins.gasleak_lstm_svm.train import svm_training_set
+
+
+def test_confirm_alarms_needs_k_in_a_row():
+    p = np.array([0.9, 0.9, 0.1, 0.8, 0.7, 0.95, 0.99, 0.2, 0.69, 0.9, 0.9])
+    assert confirm_alarms(p, k=3, p=0.7).tolist() == [False, False, False, False, False, True, True, False, False, False, False]
+    assert confirm_alarms(p, k=1, p=0.7).tolist() == (p >= 0.7).tolist()
+    assert confirm_alarms([], k=3).tolist() == []
+    assert confirm_alarms([0.9, 0.9]).tolist() == [False, False]
+
+
+def windows_with_peak(ppm):
+    x = np.zeros((len(ppm), 60, 3), np.float32)
+    x[:, :, 0], x[:, :, 1], x[:, :, 2] = 50, 21, 45
+    x[:, -1, 0] = ppm
+    return x
+
+
+def test_threshold_detector():
+    det = ThresholdDetector()
+    x = windows_with_peak([50, 499, 500, 750, 1000, 3000])
+    proba = det.predict_proba(x)
+    assert proba.shape == (6, 2) and np.allclose(proba.sum(1), 1)
+    assert det.predict(x).tolist() == [0, 0, 1, 1, 1, 1]
+    assert det.levels(x).tolist() == [0, 0, 1, 1, 2, 2]
+    p = proba[:, 1]
+    assert p[1] < 0.5 and np.isclose(p[2], 0.7) and np.isclose(p[3], 0.85) and p[4] == p[5] == 1.0
+    assert det.status == "Threshold" and not det.is_trained
+    with pytest.raises(ValueError, match=r"shape \(N, 60, 3\)"):
+        det.predict_proba(np.zeros((2, 59, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        det.predict_proba(np.full((1, 60, 3), np.nan))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small real LSTM+SVM (a briefly trained autoencoder) with its pure-SVM fallback, saved."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # small LSTM batches: more threads only spin on a busy CI box
+    dm = SimulatorDataModule(seconds_per_day=6 * 3600, train_days=1, val_days=1, test_days=1, train_stride=20)
+    dm.setup("fit")
+    enc = LSTMAutoencoder(**dm.model_kwargs())
+    opt = torch.optim.Adam(enc.parameters(), 1e-3)
+    for i, batch in enumerate(dm.train_dataloader()):
+        loss = enc._loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i == 30:
+            break
+    x, y = svm_training_set(dm.windows("train", stride=5), 800, 0.5, seed=0)
+    svm = SVMDetector(cv=3).fit(x, y)
+    det = LSTMSVMDetector(enc, cv=3, device="cpu", fallback=svm).fit(x, y)
+    bundle = tmp_path_factory.mktemp("bundle") / "detector"
+    save_bundle(bundle, det, ThresholdDetector(450, 900))
+    xt, yt = dm.windows("test", stride=7).arrays()
+    return {"bundle": bundle, "det": det, "svm": svm, "x": xt, "y": yt}
+
+
+def copy_bundle(trained, tmp_path):
+    dst = tmp_path / "detector"
+    shutil.copytree(trained["bundle"], dst)
+    return dst
+
+
+def test_round_trip_gives_identical_probabilities(trained):
+    det = trained["det"]
+    loaded = load_detector(trained["bundle"])
+    assert isinstance(loaded, LSTMSVMDetector) and loaded.status == "PyTorch LSTM+SVM"
+    assert loaded.is_trained and loaded.device == "cpu" and loaded.fallback_reason is None
+    x = trained["x"]
+    assert np.array_equal(loaded.predict_proba(x), det.predict_proba(x))
+    assert np.array_equal(loaded.predict(x), det.predict(x))
+    svm = load_detector(trained["bundle"], kind="svm")
+    assert svm.status == "Pure SVM" and np.array_equal(svm.predict_proba(x), trained["svm"].predict_proba(x))
+    th = load_detector(trained["bundle"], kind="threshold")
+    assert (th.warning_ppm, th.danger_ppm) == (450, 900)
+    # a sanity check that the detector learned something (not a claim about the goals)
+    assert (loaded.predict(x) == trained["y"]).mean() > 0.9
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
+def test_lstm_that_cannot_load_falls_back_to_pure_svm(trained, tmp_path, damage, caplog):
+    bundle = copy_bundle(trained, tmp_path)
+    ckpt = bundle / "lstm.ckpt"
+    if damage == "missing":
+        ckpt.unlink()
+    elif damage == "corrupt":
+        ckpt.write_bytes(b"not a checkpoint")
+    else:
+        ckpt.write_bytes(ckpt.read_bytes()[:100])
+    det = load_detector(bundle)
+    assert det.status == "Pure SVM" and det.is_trained
+    assert "LSTM not loaded" in det.fallback_reason and "Pure SVM" in det.fallback_reason
+    assert "LSTM not loaded" in caplog.text
+    assert np.array_equal(det.predict_proba(trained["x"]), trained["svm"].predict_proba(trained["x"]))
+
+
+def test_no_lstm_and_no_svm_falls_back_to_threshold(trained, tmp_path):
+    bundle = tmp_path / "lstm_only"
+    det = trained["det"]
+    lonely = LSTMSVMDetector(det.encoder, device="cpu")
+    lonely.pipeline_ = det.pipeline_
+    save_bundle(bundle, lonely)
+    assert load_detector(bundle).status == "PyTorch LSTM+SVM"
+    (bundle / "lstm.ckpt").unlink()
+    fallen = load_detector(bundle)
+    assert fallen.status == "Threshold" and not fallen.is_trained
+    assert "no Pure SVM in the bundle" in fallen.fallback_reason
+
+
+@pytest.mark.parametrize("target", ["svm.skops", "lstm_svm.skops"])
+def test_tampered_or_truncated_sklearn_file_is_refused(trained, tmp_path, target):
+    bundle = copy_bundle(trained, tmp_path)
+    data = (bundle / target).read_bytes()
+    (bundle / target).write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=f"{target} does not match its sha256") as e:
+        load_detector(bundle, kind="svm" if target == "svm.skops" else None)
+    assert "\n" not in str(e.value)
+
+
+def test_tampered_manifest_is_refused(trained, tmp_path):
+    bundle = copy_bundle(trained, tmp_path)
+    (bundle / "manifest.json").write_text("{ not json")
+    with pytest.raises(UserError, match="manifest.json is damaged"):
+        load_detector(bundle)
+    manifest = json.loads((trained["bundle"] / "manifest.json").read_text())
+    manifest["files"]["svm.skops"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="does not match its sha256"):
+        load_detector(bundle, kind="svm")
+    manifest["files"]["../evil.skops"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="outside the bundle"):
+        load_detector(bundle)
+    with pytest.raises(UserError, match="not found"):
+        load_detector(tmp_path / "nowhere")
+
+
+def test_untrusted_types_are_refused_even_with_a_matching_hash(trained, tmp_path):
+    """Someone swaps in a pipeline holding a function and fixes the hash: skops' trusted list refuses it."""
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    bundle = copy_bundle(trained, tmp_path)
+    sio.dump(FunctionTransformer(os.system), bundle / "svm.skops")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["svm.skops"] = sha256(bundle / "svm.skops")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="untrusted types"):
+        load_detector(bundle, kind="svm")
+
+
+def test_find_detector(trained, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained["bundle"], run / "detector")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    cfg = lambda p: OmegaConf.create({"ckpt_path": p, "task": {"name": "gasleak"}})  # noqa: E731
+    for hint in (run / "detector", run, run / "checkpoints" / "best.ckpt"):
+        assert find_detector(cfg(str(hint))) == run / "detector"
+    with pytest.raises(UserError, match="no detector bundle"):
+        find_detector(cfg(str(tmp_path)))
+    monkeypatch.setenv("FRAMEWORK_OUTPUTS", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="no trained detector; run `python -m framework task=gasleak train` first"):
+        find_detector(OmegaConf.create({"ckpt_path": None, "task": {"name": "gasleak"}, "paths": {"outputs": str(tmp_path / "empty")}}))
