@@ -342,3 +342,20 @@ def test_unknown_label_is_one_line_listing_the_labels(run_cli, tiny_checkpoint):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert "unknown label 'klingon'" in lines[0] and "german" in lines[0]
+
+
+def test_best_of_candidates_keeps_the_best_and_renumbers():
+    from plugins.music_lstm.generate import best_of, finish_tunes
+
+    good = "M:2/4\nL:1/8\nK:D\nA|d2 fd|e2 ce|d2 fd|e2 ce|d3|]"
+    bad_bars = "M:2/4\nL:1/8\nK:D\nA|d2 fd e|e2 ce|d2 fd|e2 ce c|d3|]"
+    broken = "M:2/4\nL:1/8\nK:D\nA|d2 R4|e2 ce|d3|]"
+    labels = ["irish"] * 3 + ["german"] * 3
+    results = finish_tunes([broken, good, bad_bars, bad_bars, broken, bad_bars], labels, [True] * 6)
+    assert [r.check.parses for r in results] == [False, True, True, True, False, True]
+    kept = best_of(results, 3)
+    assert [r.label for r in kept] == ["irish", "german"]
+    assert kept[0].raw == good and kept[0].check.bars_consistent
+    assert kept[1].raw == bad_bars and kept[1] is not results[3]  # the first of equals, renumbered
+    assert kept[1].abc.splitlines()[:2] == ["X:2", "T:german 1"] and kept[1].index == 2
+    assert best_of(results, 1) == results

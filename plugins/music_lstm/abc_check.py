@@ -36,6 +36,7 @@ _GROUP_NOTE = re.compile(r"/?[=^_]*[A-Ga-gz][,']*[0-9/]*-?")
 _BARLINE = re.compile(r":*\|[\]|:]*|\[\||::")
 
 DEFAULT_HEADER = {"M": "4/4", "L": "1/8", "K": "C"}
+MIN_BARS = 4  # a tune needs this many bars for its bars to count as consistent (2 besides pickup and end)
 REPAIRS = ("trailing_bar", "chord", "grace", "string", "repeat")
 
 
@@ -297,5 +298,8 @@ def check(text: str) -> Check:
     if not bars:
         # music21 makes measures only from at least two regular barlines.
         return Check(parses=True, bars_consistent=False, notes=notes, error="no bars")
+    if len(bars) < MIN_BARS:
+        # pickup and final bar are not checked: too short a tune has nothing left to check
+        return Check(parses=True, bars_consistent=False, notes=notes, measures=len(bars), error="too few bars")
     bad = consistent_bars(bars)
     return Check(parses=True, bars_consistent=not bad, notes=notes, measures=len(bars), bad_bars=bad)

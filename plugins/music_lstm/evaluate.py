@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import UserError, checkpoints
 from plugins.music_lstm import abc_check
 from plugins.music_lstm.decoding import StepModel
-from plugins.music_lstm.generate import finish_tunes, load_model, sample_tunes, sampling_from, normalise_prompt, table
+from plugins.music_lstm.generate import load_model, normalise_prompt, sampling_from, summarise, table, write_tunes
 from plugins.music_lstm.model import MusicLSTM
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,12 @@ def run(cfg: DictConfig) -> dict:
     labels = [label for label in vocab.labels for _ in range(int(e.num_tunes))]
     prompt = normalise_prompt(e.get("prompt"))
     step_model = StepModel(model, quantize=bool(e.quantize))
-    texts, out = sample_tunes(model, labels, prompt, int(e.length), sampling_from(e), seed, step_model=step_model)
     header_defaults = OmegaConf.to_container(e.header_defaults) if e.get("header_defaults") else None
-    results = finish_tunes(texts, labels, out.ended, fixes=list(e.get("repair") or []), header_defaults=header_defaults)
+    candidates = int(e.get("candidates") or 1)
+    results, every, out = write_tunes(
+        model, labels, prompt, int(e.length), sampling_from(e), seed, candidates,
+        fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model,
+    )
     predicted = classifier.predict([r.abc for r in results]) if classifier else [None] * len(results)
 
     rows = []
@@ -255,6 +258,11 @@ def run(cfg: DictConfig) -> dict:
         ["classifier on real tunes", f"{100 * metrics['classifier_real_accuracy']:.1f}%" if classifier else "-"],
         ["generation", f"{out.num_chars} chars in {out.seconds:.2f} s = {chars_per_s:.0f} chars/s ({'int8' if e.quantize else 'float32'}, batch {n})"],
     ]
+    if candidates > 1:
+        raw = summarise(every)
+        summary.insert(3, [f"  over all {len(every)} candidates", f"parse {100 * raw['parse_share']:.1f}%, bars {100 * raw['bars_consistent_share']:.1f}%"])
+        summary.insert(1, ["candidates per tune", f"{candidates} (best kept)"])
+        metrics |= {"candidates": candidates, "raw_parse_share": raw["parse_share"], "raw_bars_consistent_share": raw["bars_consistent_share"]}
     log.info("\n%s", table(summary, ["evaluate", "value"]))
     metrics |= {
         "generated_tunes": n,

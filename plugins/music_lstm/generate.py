@@ -10,6 +10,7 @@ files (:mod:`.render`). With no label, the tunes cycle through every label the m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -134,6 +135,53 @@ def finish_tunes(
     return results
 
 
+def _quality(r: TuneResult) -> tuple:
+    return (r.check.parses, r.check.bars_consistent, -len(r.check.bad_bars), r.ended, r.check.measures)
+
+
+def best_of(results: list[TuneResult], candidates: int) -> list[TuneResult]:
+    """Keep the best of each run of ``candidates`` consecutive results (one tune's candidates):
+    parses, then bars consistent, then fewest bad bars, then ended by itself, then more bars.
+    The kept tunes are numbered again (X: and T:)."""
+    if candidates <= 1:
+        return results
+    kept, counters = [], {}
+    for start in range(0, len(results), candidates):
+        group = results[start : start + candidates]
+        best = max(group, key=_quality)  # max keeps the first of equals: no bias to later draws
+        index = len(kept) + 1
+        counters[best.label] = counters.get(best.label, 0) + 1
+        title = f"{best.label} {counters[best.label]}"
+        lines = best.abc.split("\n")
+        abc = "\n".join([f"X:{index}", f"T:{title}", *lines[2:]])
+        kept.append(dataclasses.replace(best, index=index, title=title, abc=abc))
+    return kept
+
+
+def write_tunes(
+    model: MusicLSTM,
+    labels: list[str],
+    prompt: str,
+    length: int,
+    sampling: Sampling,
+    seed: int,
+    candidates: int = 1,
+    fixes=abc_check.REPAIRS,
+    header_defaults: dict | None = None,
+    step_model: StepModel | None = None,
+    quantize: bool = False,
+) -> tuple[list[TuneResult], list[TuneResult], Generated]:
+    """Sample, fix, check, and keep the best of ``candidates`` per tune (all in one batch).
+
+    Returns (kept tunes, every candidate, the decoding record)."""
+    if candidates < 1:
+        raise UserError(f"candidates must be >= 1, got {candidates}")
+    expanded = [label for label in labels for _ in range(candidates)]
+    texts, out = sample_tunes(model, expanded, prompt, length, sampling, seed, quantize=quantize, step_model=step_model)
+    everything = finish_tunes(texts, expanded, out.ended, fixes=fixes, header_defaults=header_defaults)
+    return best_of(everything, candidates), everything, out
+
+
 def summarise(results: list[TuneResult]) -> dict:
     n = max(1, len(results))
     return {
@@ -176,15 +224,16 @@ def run(cfg: DictConfig) -> dict:
     labels = requested_labels(g, model.vocabulary.labels, num_tunes)
     prompt = normalise_prompt(g.get("prompt"))
     log.info("model %s: %s, labels %s", path, model.vocabulary, ", ".join(model.vocabulary.labels))
-    texts, out = sample_tunes(model, labels, prompt, length, sampling, int(cfg.seed), quantize=bool(g.quantize))
+    candidates = int(g.get("candidates") or 1)
+    header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
+    results, every, out = write_tunes(
+        model, labels, prompt, length, sampling, int(cfg.seed), candidates, fixes, header_defaults, quantize=bool(g.quantize)
+    )
     chars_per_s = out.num_chars / max(out.seconds, 1e-9)
     log.info(
         "generated %d tunes, %d characters in %.3f s (%.0f chars/s, %s)",
-        num_tunes, out.num_chars, out.seconds, chars_per_s, "int8" if g.quantize else "float32",
+        len(every), out.num_chars, out.seconds, chars_per_s, "int8" if g.quantize else "float32",
     )
-
-    header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
-    results = finish_tunes(texts, labels, out.ended, fixes=fixes, header_defaults=header_defaults)
 
     out_dir = runs.run_dir()
     tunes = [
@@ -218,6 +267,11 @@ def run(cfg: DictConfig) -> dict:
         ])
     log.info("\n%s", table(rows, ["tune", "chars", "ended", "parses", "bars ok", "repairs", "files", "failed"]))
     summary = summarise(results)
+    if candidates > 1:
+        raw = summarise(every)
+        summary |= {"candidates": candidates, "raw_parse_share": raw["parse_share"], "raw_bars_consistent_share": raw["bars_consistent_share"]}
+        log.info("best of %d candidates per tune; over all %d candidates: parse %.0f%%, bars consistent %.0f%%",
+                 candidates, len(every), 100 * raw["parse_share"], 100 * raw["bars_consistent_share"])
     log.info(
         "parse %.0f%%, bars consistent %.0f%%, repaired %.0f%%; files in %s (index.html)",
         100 * summary["parse_share"], 100 * summary["bars_consistent_share"], 100 * summary["repaired_share"], out_dir,
