@@ -1,0 +1,104 @@
+"""Gas-leak train and evaluate end to end through `python -m framework`, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import last_json_line
+
+TINY = [
+    "data.seconds_per_day=7200", "data.train_days=1", "data.val_days=1", "data.test_days=1",
+    "data.leaks_per_hour=1.0", "data.train_stride=20", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+    "detector.svm.max_samples=800", "detector.svm.calibration_cv=3",
+]
+KINDS = ("lstm_svm", "svm", "threshold")
+
+
+def record(outputs: Path) -> dict:
+    return json.loads((outputs / "gasleak" / "runs.json").read_text())["latest_train"]
+
+
+def latest_run(outputs: Path, mode: str) -> Path:
+    return sorted((outputs / "gasleak" / mode).iterdir())[-1]
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_lstm_svm(run_cli, outputs):
+    proc = run_cli("task=gasleak", "train", *TINY)
+    assert "autoencoder epoch 0: train loss" in proc.stdout
+    assert "LSTM+SVM: validation accuracy" in proc.stdout and "pure SVM: validation accuracy" in proc.stdout
+    metrics = last_json_line(proc.stdout)
+    assert metrics["detector"] == "lstm_svm" and 0.5 <= metrics["lstm_svm/val_accuracy"] <= 1
+    rec = record(outputs)
+    bundle = Path(rec["detector"])
+    assert bundle.parent == Path(rec["run_dir"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["detectors"]) == {"lstm_svm", "svm"} and manifest["primary"] == "lstm_svm"
+    assert set(manifest["files"]) == {"lstm.ckpt", "lstm_svm.skops", "svm.skops"}
+
+    proc = run_cli("task=gasleak", "evaluate", *TINY)
+    metrics = last_json_line(proc.stdout)
+    run = latest_run(outputs, "evaluate")
+    for kind in KINDS:
+        for key in ("precision", "recall", "f1", "false_alarm_rate", "detection_rate", "false_alarms_per_week"):
+            assert f"{kind}/{key}" in metrics, f"{kind}/{key}"
+        assert metrics[f"{kind}/tp"] + metrics[f"{kind}/fn"] > 0  # the test day has leaks
+        assert metrics[f"{kind}/windows"] == 7200 - 59  # every window, stride 1
+    for name in ("evaluation.json", "confusion.png", "day.png", "metrics.json"):
+        assert (run / name).stat().st_size > 0, name
+    assert "PyTorch LSTM+SVM" in proc.stdout and "Threshold" in proc.stdout  # the side-by-side table
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["alert_rule"] == {"consecutive": 3, "probability": 0.7}
+    events = report["detectors"]["threshold"]["event_list"]
+    assert events and all(e["latency_s"] is None or e["latency_s"] >= 0 for e in events)
+
+    # the LSTM file goes missing: evaluate still runs, on the fallback, and says so
+    (bundle / "lstm.ckpt").unlink()
+    proc = run_cli("task=gasleak", "evaluate", *TINY)
+    metrics = last_json_line(proc.stdout)
+    assert "lstm_svm/f1" not in metrics and "svm/f1" in metrics
+    assert "LSTM not loaded" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["svm", "threshold"])
+def test_other_detectors_train_and_evaluate(run_cli, outputs, kind):
+    proc = run_cli("task=gasleak", "train", f"model={kind}", *TINY)
+    assert last_json_line(proc.stdout)["detector"] == kind
+    assert "autoencoder epoch" not in proc.stdout  # no neural stage
+    manifest = json.loads((Path(record(outputs)["detector"]) / "manifest.json").read_text())
+    assert manifest["primary"] == kind
+    metrics = last_json_line(run_cli("task=gasleak", "evaluate", *TINY).stdout)
+    assert "lstm_svm/f1" not in metrics and "threshold/f1" in metrics
+    assert ("svm/f1" in metrics) == (kind == "svm")
+
+
+@pytest.mark.slow
+def test_csv_train_and_evaluate_with_bad_rows(run_cli, outputs, tmp_path):
+    from test_gas_data import write_sim_csv
+
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    write_sim_csv(train, days=4, seconds=3600, seed=100)
+    write_sim_csv(test, days=1, seconds=3600, seed=200)
+    lines = train.read_text().splitlines()
+    lines[10] = lines[10].replace(lines[10].split(",")[1], "oops", 1)  # line 11: non-numeric gas
+    lines[20] = ",".join(lines[20].split(",")[:3])  # line 21: missing fields
+    train.write_text("\n".join(lines) + "\n")
+    csv = ["data=csv", f"data.path={train}", "data.train_stride=20", "trainer.max_epochs=1",
+           "trainer.enable_progress_bar=false", "detector.svm.max_samples=800", "detector.svm.calibration_cv=3"]
+    proc = run_cli("task=gasleak", "train", *csv, "data.on_bad_rows=interpolate")
+    assert "2 bad row(s)" in proc.stdout + proc.stderr and "lines 11, 21" in proc.stdout + proc.stderr
+    assert last_json_line(proc.stdout)["detector"] == "lstm_svm"
+    metrics = last_json_line(run_cli("task=gasleak", "evaluate", *csv, f"data.test_path={test}").stdout)
+    assert metrics["test_hours"] == pytest.approx(1.0)
+    assert metrics["lstm_svm/windows"] == 3600 - 59 and np.isfinite(metrics["lstm_svm/f1"])
+
+
+def test_evaluate_without_a_detector_is_one_line(run_cli):
+    proc = run_cli("task=gasleak", "evaluate", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: no trained detector; run `python -m framework task=gasleak train` first"
