@@ -205,8 +205,11 @@ def main() -> None:
             m = mqtt_load(int(extra[1].split("=")[1]), url, args.sensors, args.mqtt_messages, args.seconds)
             print(f"MQTT  {m['published']} QoS-1 messages from {args.sensors} sensors: {m['msgs_per_s']:.0f} msgs/s "
                   f"stored end to end ({m['stored']} stored in {m['elapsed_s']:.1f} s)")
-        time.sleep(1.0)
-        st = httpx.get(url + "/api/status", timeout=10).json()["detection"]
+        t_wait = time.perf_counter()  # let detection catch up with what was acknowledged
+        while (st := httpx.get(url + "/api/status", timeout=10).json()["detection"])["pending"] and \
+                time.perf_counter() - t_wait < 120:
+            time.sleep(0.5)
+        st["catch_up_s"] = time.perf_counter() - t_wait
     finally:
         stop_service(proc)
         if broker is not None:
@@ -216,7 +219,8 @@ def main() -> None:
         stored = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
     expected = h["acked"] + (m["stored"] if m else 0)
     print(f"detection: {st['windows_scored']} windows scored, {st['windows_skipped']} skipped under load, "
-          f"{st['detect_seconds']:.1f} s in the detector")
+          f"{st['detect_seconds']:.1f} s in the detector ({st['windows_scored'] / max(st['detect_seconds'], 1e-9):.0f} "
+          f"windows/s), caught up {st['catch_up_s']:.1f} s after the load ended, {st['pending']} left")
     lost_mqtt = (m["published"] - m["stored"]) if m else 0
     if m:
         print(f"MQTT: {m['published']} published, {m['stored']} stored ({lost_mqtt} lost)")

@@ -98,7 +98,7 @@ def get_status(pipeline: PipelineDep, settings: Annotated[ServiceSettings, Depen
     now = time.time()
     counts = pipeline.storage.alert_counts()
     bridge = settings.bridge
-    stats = dict(pipeline.stats)
+    stats = dict(pipeline.stats, pending=pipeline.pending())
     return Status(
         system_running=True, timestamp=now, time=iso(now), uptime_s=round(now - pipeline.started, 3),
         model_status=pipeline.model_status(), sensors=pipeline.sensor_views(), alerts=counts,

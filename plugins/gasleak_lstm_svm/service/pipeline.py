@@ -104,6 +104,11 @@ class Pipeline:
             self._wake.notify()
         return ids
 
+    def pending(self) -> int:
+        """Readings acknowledged but not yet through detection."""
+        with self._lock:
+            return len(self._pending)
+
     # ---- detection (one thread) ------------------------------------------------------------------
     def start(self) -> "Pipeline":
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)

@@ -176,7 +176,7 @@ async function refreshAlerts() {
       if (!a.acknowledged) action.addEventListener("click", () => acknowledge(a.id, action));
       return el("tr", {class: a.open ? "open" : "closed", "data-alert-id": a.id, "data-level": a.level},
         el("td", {}, String(a.id)), el("td", {}, el("span", {class: `level ${a.level}`}, a.level)),
-        el("td", {}, a.sensor_id), el("td", {}, a.kind), el("td", {}, fmtTime(a.start)),
+        el("td", {}, a.sensor_id), el("td", {title: "what fired it"}, `${a.kind} (${a.causes.join(" + ")})`), el("td", {}, fmtTime(a.start)),
         el("td", {}, a.open ? "open" : fmtTime(a.end)), el("td", {}, fmt(a.peak_ppm)),
         el("td", {}, fmt(a.peak_probability, 2)), el("td", {}, a.message), el("td", {}, action));
     }));
