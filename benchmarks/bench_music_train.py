@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -53,47 +54,52 @@ def train_flops_per_char(E: int, H: int, layers: int, V: int) -> float:
     return 3 * forward
 
 
-def batches_from(datamodule, n: int, seq_len: int, batch_size: int, device):
+def random_batches(datamodule, seq_len: int, batch_size: int, device):
+    """An endless stream of training batches drawn the data module's way."""
     from plugins.music_lstm.data import RandomWindows
 
     tokens, targets, labels = datamodule.arrays["train"]
-    return [tuple(t.to(device) for t in b) for b in RandomWindows(tokens, targets, labels, seq_len, batch_size, n)]
+    while True:
+        for batch in RandomWindows(tokens, targets, labels, seq_len, batch_size, 100):
+            yield tuple(t.to(device) for t in batch)
 
 
-def run_lightning(make_model, datamodule, steps: int, warmup: int, accelerator: str) -> float:
+def run_lightning(make_model, datamodule, seconds: float, warmup: int, accelerator: str) -> float:
     """(a): seconds per step of Trainer.fit over the data module's own loader, warm-up steps excluded."""
     import lightning as L
 
     class Timer(L.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if batch_idx == warmup:
+        steps = 0
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx + 1 == warmup:
                 sync(module.device)
                 self.start = time.perf_counter()
-
-        def on_train_end(self, trainer, module):
-            sync(module.device)
-            self.seconds = time.perf_counter() - self.start
+            elif batch_idx + 1 > warmup:
+                sync(module.device)
+                self.steps += 1
+                self.elapsed = time.perf_counter() - self.start
+                if self.elapsed >= seconds:
+                    trainer.should_stop = True
 
     timer = Timer()
-    datamodule.batches_per_epoch = warmup + steps
+    datamodule.batches_per_epoch = 100_000
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         gradient_clip_val=1.0, callbacks=[timer], log_every_n_steps=50,
     )
     trainer.fit(make_model(), datamodule=datamodule)
-    return timer.seconds / steps
+    return timer.elapsed / timer.steps
 
 
-def run_bare(make_model, batches, steps: int, warmup: int, device, many_to_one: bool = False) -> float:
+def run_bare(make_model, batches, seconds: float, warmup: int, device, many_to_one: bool = False) -> float:
     """(c) the same step without Lightning; (b) with ``many_to_one``: only the last position is a target."""
     model = make_model().to(device).train()
     model.log = lambda *a, **k: None  # the step's metrics are computed as in (a), just not logged
     opt = model.configure_optimizers()["optimizer"]
-    for i, batch in enumerate(batches[: warmup + steps]):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
+    steps = 0
+    for i, batch in enumerate(batches):
         if many_to_one:
             x, y, lab = batch
             logits, _ = model(x, lab)
@@ -104,7 +110,13 @@ def run_bare(make_model, batches, steps: int, warmup: int, device, many_to_one: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    sync(device)
+        sync(device)
+        if i + 1 == warmup:
+            start = time.perf_counter()
+        elif i + 1 > warmup:
+            steps += 1
+            if time.perf_counter() - start >= seconds:
+                break
     return (time.perf_counter() - start) / steps
 
 
@@ -115,8 +127,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128, help="window of the many-to-many runs (the default preset's)")
     p.add_argument("--window", type=int, default=100, help="the original's many-to-one window")
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per variant and round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each timed stretch")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--matmul", type=int, default=2048, help="size n of the n x n reference matmul")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "music_bench_cache"))
@@ -146,19 +158,19 @@ def main() -> None:
 
     V, E, H = len(kw["vocab"]), kw["embedding_dim"], kw["hidden_size"]
     flops_char = train_flops_per_char(E, H, 3, V)
-    n = args.warmup + args.steps
-    many = batches_from(datamodule, n, args.seq_len, args.batch_size, device)
-    one = batches_from(datamodule, n, args.window, args.batch_size, device)
+    many = random_batches(datamodule, args.seq_len, args.batch_size, device)
+    one = random_batches(datamodule, args.window, args.batch_size, device)
 
     print(f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, lightning {L.__version__}")
     print(f"model {args.model}: embedding {E}, 3 x {H} LSTM, vocabulary {V}; batch {args.batch_size}, "
-          f"window {args.seq_len} (many-to-many) / {args.window} (many-to-one); {args.steps} timed steps, best of {args.rounds}")
+          f"window {args.seq_len} (many-to-many) / {args.window} (many-to-one); {args.seconds:g} s timed per variant, best of {args.rounds}")
+    print("load average before: %.2f %.2f %.2f" % os.getloadavg())
     best = {"a": math.inf, "b": math.inf, "c": math.inf}
     started = time.perf_counter()
     for _ in range(args.rounds):
-        best["a"] = min(best["a"], run_lightning(make_model, datamodule, args.steps, args.warmup, accelerator))
-        best["b"] = min(best["b"], run_bare(make_model, one, args.steps, args.warmup, device, many_to_one=True))
-        best["c"] = min(best["c"], run_bare(make_model, many, args.steps, args.warmup, device))
+        best["a"] = min(best["a"], run_lightning(make_model, datamodule, args.seconds, args.warmup, accelerator))
+        best["b"] = min(best["b"], run_bare(make_model, one, args.seconds, args.warmup, device, many_to_one=True))
+        best["c"] = min(best["c"], run_bare(make_model, many, args.seconds, args.warmup, device))
     mm = matmul_flops(device, args.matmul)
 
     chars = {"a": args.batch_size * args.seq_len / best["a"], "b": args.batch_size / best["b"],
@@ -171,7 +183,7 @@ def main() -> None:
     print(f"(a)/(c) = {chars['a'] / chars['c']:.3f}    (target >= 0.95)")
     print(f"(a) achieves {achieved / 1e9:.1f} GFLOP/s = {achieved / mm:.0%} of a {args.matmul}x{args.matmul} matmul "
           f"({mm / 1e9:.1f} GFLOP/s)   (target >= 60%); {flops_char / 1e6:.2f} MFLOP per predicted character")
-    print(f"measured in {time.perf_counter() - started:.0f} s")
+    print(f"measured in {time.perf_counter() - started:.0f} s; load average after: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":
