@@ -11,9 +11,12 @@ The physics is deliberately simple but has what makes the task hard:
   ``burst`` (seconds) and an ``intermittent`` leak (puffs on and off).
 
 A leak's concentration follows a first-order model ``dC/dt = (S(t) - C) / tau``: the source ``S`` is
-on at ``peak_ppm`` while the leak runs, and the gas clears with ``tau_down`` once it stops. An event
-runs from the source switching on until the excess has decayed to 5% of its peak (three time
-constants), and ``label`` is 1 exactly on ``[start, end)``.
+on at ``peak_ppm`` while the leak runs, and the gas clears with ``tau_down`` (15-40 s) once it stops.
+An event runs from the source switching on until its excess gas has cleared to below
+``CLEAR_PPM`` (30 ppm, about the size of a cooking hard negative), and ``label`` is 1 exactly on
+``[start, end)``; the rest of the clearing follows unlabelled. Seeps rise with a time
+constant of 30-150 s, bursts 1-4 s, intermittent leaks puff for 5-30 s with 10-40 s pauses (shorter
+than a window, so every window of the event shows gas).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 LEAK_KINDS = ("seep", "burst", "intermittent")
 HARD_NEGATIVE_KINDS = ("cooking", "humidity_spike", "hot_afternoon", "glitch", "dropout")
+CLEAR_PPM = 30.0  # a leak event ends when its gas is back within this of the background
 
 
 @dataclass
@@ -83,8 +87,8 @@ def leak_excess(event_start: int, source: np.ndarray, tau_up: float, tau_down: f
     return c
 
 
-def _leak_profile(rng: np.random.Generator, kind: str, peak: float) -> tuple[np.ndarray, float]:
-    """The excess ppm of one leak from its start, and its clearing time constant."""
+def _leak_profile(rng: np.random.Generator, kind: str, peak: float) -> tuple[np.ndarray, int]:
+    """The excess ppm of one leak from its start, and the event's length in samples."""
     tau_down = rng.uniform(15, 40)
     if kind == "seep":
         on = int(rng.uniform(600, 1800))
@@ -99,13 +103,17 @@ def _leak_profile(rng: np.random.Generator, kind: str, peak: float) -> tuple[np.
         pieces, total = [], int(rng.uniform(300, 1200))
         length = 0
         while length < total:
-            puff, pause = int(rng.uniform(5, 30)), int(rng.uniform(10, 60))
+            # pauses shorter than a 60 s window: every window of the event still shows a puff
+            puff, pause = int(rng.uniform(5, 30)), int(rng.uniform(10, 40))
             pieces += [np.full(puff, peak * rng.uniform(0.6, 1.0)), np.zeros(pause)]
             length += puff + pause
         source = np.concatenate(pieces[:-1])  # end on a puff; the tail below clears it
-    tail = np.zeros(int(np.ceil(3 * tau_down)))
-    excess = leak_excess(0, np.concatenate([source, tail]), tau_up, tau_down)
-    return excess, tau_down
+    # the event ends once the gas has cleared to within CLEAR_PPM of the background; it keeps
+    # clearing after that (to below 1 ppm), unlabelled
+    tail = int(np.ceil(tau_down * np.log(max(peak, 2.0))))
+    excess = leak_excess(0, np.concatenate([source, np.zeros(tail)]), tau_up, tau_down)
+    cleared = np.flatnonzero(excess[len(source):] < CLEAR_PPM)
+    return excess, len(source) + (int(cleared[0]) if len(cleared) else tail)
 
 
 def random_leaks(seconds: int, rng: np.random.Generator, per_hour: float = 1 / 6, margin: int = 600,
@@ -200,11 +208,11 @@ def simulate_series(
         s = int(ev.start)
         if s >= n:
             continue
-        excess, _ = _leak_profile(rng, ev.kind, ev.peak_ppm)
+        excess, length = _leak_profile(rng, ev.kind, ev.peak_ppm)
         turbulence = 1.0 + 0.08 * _smooth_walk(rng, len(excess), 1.0, knots_every=5)
         seg = slice(s, min(s + len(excess), n))
         gas[seg] += (excess * turbulence)[: seg.stop - s]
-        ev.end = float(s + len(excess))
+        ev.end = float(s + length)
         label[s : min(int(np.ceil(ev.end)), n)] = 1
 
     gas = gas + rng.normal(0, 1.0, n) * (2.0 + 0.01 * gas)
