@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import UserError, checkpoints, runs
 from plugins.music_lstm import abc_check, render
+from plugins.music_lstm.abc import label_slug
 from plugins.music_lstm.decoding import Generated, Sampling, StepModel, generate
 from plugins.music_lstm.model import MusicLSTM
 
@@ -49,11 +50,11 @@ def requested_labels(gen_cfg, known: list[str], num_tunes: int) -> list[str]:
         return [known[i % len(known)] for i in range(num_tunes)]
     asked = str(asked)
     if asked not in known:
-        # Accept any capitalisation ("Liyue" for the label "liyue").
-        folded = {k.lower(): k for k in known}
-        if asked.lower() not in folded:
+        # Accept the label as the data names it ("Liyue", "Old Time" for "liyue", "old_time").
+        folded = {label_slug(k): k for k in known}
+        if label_slug(asked) not in folded:
             raise UserError(f"unknown label {asked!r}; the model knows: {', '.join(known)}")
-        asked = folded[asked.lower()]
+        asked = folded[label_slug(asked)]
     return [asked] * num_tunes
 
 
