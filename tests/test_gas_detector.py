@@ -190,3 +190,16 @@ def test_find_detector(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("FRAMEWORK_OUTPUTS", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="no trained detector; run `python -m framework task=gasleak train` first"):
         find_detector(OmegaConf.create({"ckpt_path": None, "task": {"name": "gasleak"}, "paths": {"outputs": str(tmp_path / "empty")}}))
+
+
+def test_svm_training_set_mixes_hard_and_leak_windows():
+    dm = SimulatorDataModule(seconds_per_day=6 * 3600, train_days=1, val_days=1, test_days=1, leaks_per_hour=0.5)
+    ws = dm.windows("train", stride=2)
+    x, y = svm_training_set(ws, 1500, 0.5, seed=0, positive_fraction=0.4)
+    assert x.shape == (1500, 60, 3) and len(y) == 1500
+    assert 0.3 < y.mean() < 0.5  # leaks are ~10% of these windows; the sample is rebalanced
+    x2, y2 = svm_training_set(ws, 1500, 0.5, seed=0)
+    assert y2.mean() < y.mean()
+    # every sampled window is a real window of the data with its last-sample label
+    i = np.flatnonzero(np.all(ws.signal[59:] == x[0, -1], axis=1))[0] + 59
+    assert np.array_equal(ws.signal[i - 59 : i + 1], x[0]) and ws.label[i] == y[0]

@@ -438,7 +438,8 @@ def find_detector(cfg) -> Path:
         raise UserError(f"ckpt_path={ckpt}: no detector bundle there (a bundle dir holds manifest.json)")
     from framework import runs
 
-    latest = runs.latest_train(cfg.task.name if "task" in cfg else "gasleak")
+    outputs = cfg.paths.outputs if "paths" in cfg else None
+    latest = runs.latest_train(cfg.task.name if "task" in cfg else "gasleak", outputs)
     if not latest or not latest.get("detector"):
         raise UserError(hint)
     bundle = Path(latest["detector"])

@@ -24,15 +24,27 @@ from plugins.gasleak_lstm_svm.detector import LSTMSVMDetector, SVMDetector, Thre
 log = logging.getLogger(__name__)
 
 
-def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows for the SVM: a uniform sample plus up to ``hard_fraction`` of ``max_samples`` "hard"
-    windows (``data.hard_ends``: just after a leak starts or ends, or the gas reading jumps)."""
+def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: int,
+                     positive_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Windows for the SVM, at most ``max_samples``, drawn without replacement so that about
+    ``hard_fraction`` of them are "hard" (``data.hard_ends``: just after a leak starts or ends, or the
+    gas reading jumps) and, when given, about ``positive_fraction`` are leak windows (leaks are rare
+    in the data; a balanced sample moves the SVM's boundary towards recall and earlier alarms)."""
     rng = np.random.default_rng(seed)
     hard = hard_ends(ws)
-    base = np.setdiff1d(ws.ends, hard)
-    n_hard = min(len(hard), int(max_samples * hard_fraction))
-    n_base = min(len(base), max_samples - n_hard)
-    ends = np.sort(np.concatenate([rng.choice(hard, n_hard, replace=False), rng.choice(base, n_base, replace=False)]))
+    ends = np.union1d(ws.ends, hard)
+    is_hard = np.isin(ends, hard)
+    pos = ws.label[ends] == 1
+    w = np.zeros(len(ends))
+    for group, mass in ((is_hard, hard_fraction), (~is_hard, 1 - hard_fraction)):
+        share = {True: pos[group].mean(), False: 1 - pos[group].mean()} if positive_fraction is None else \
+            {True: positive_fraction, False: 1 - positive_fraction}
+        for cls in (True, False):
+            members = group & (pos == cls)
+            if members.any():
+                w[members] = mass * share[cls] / members.sum()
+    pick = np.sort(rng.choice(len(ends), min(max_samples, len(ends)), replace=False, p=w / w.sum()))
+    ends = ends[pick]
     return ws.signal[ends[:, None] - ws._back], ws.label[ends].astype(np.int64)
 
 
@@ -86,7 +98,8 @@ def run(cfg: DictConfig) -> dict:
     # stage 2: the SVMs on windows from the training days, scored on the validation days
     started = time.monotonic()
     s = dcfg.svm
-    x, y = svm_training_set(dm.windows("train", stride=s.stride), s.max_samples, s.hard_fraction, cfg.seed)
+    x, y = svm_training_set(dm.windows("train", stride=s.stride), s.max_samples, s.hard_fraction, cfg.seed,
+                            s.get("positive_fraction"))
     if len(np.unique(y)) < 2:
         raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
     xv, yv = dm.windows("val", stride=s.val_stride).arrays()
