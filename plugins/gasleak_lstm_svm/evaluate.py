@@ -175,7 +175,7 @@ def plot_day(series: Series, results: dict[str, dict], index: int, window: int, 
     for ev in events_of(series):
         for ax in (a1, a3):
             ax.axvspan(t[ev["start"]], t[ev["end"] - 1], color="orange", alpha=0.25, lw=0)
-        a1.text(t[ev["start"]], a1.get_ylim()[1] if False else series.signal[:, 0].max(), ev["kind"], fontsize=7, va="top")
+        a1.text(t[ev["start"]], series.signal[:, 0].max(), ev["kind"], fontsize=7, va="top")
     for h in series.meta.get("hard_negatives", []):
         a1.axvline(t[min(int(h.start), len(t) - 1)], color="grey", lw=0.5, ls=":")
     a2.plot(t, series.signal[:, 1], lw=0.6, color="tab:purple", label="temperature (°C)")
