@@ -195,7 +195,7 @@ def make_abc_dir(root):
 
 
 def dm(tmp_path, **kw) -> MusicDataModule:
-    base = dict(val_fraction=0.2, test_fraction=0.2, seq_len=16, batch_size=4, batches_per_epoch=3,
+    base = dict(val_fraction=0.2, test_fraction=0.2, seq_len=16, eval_seq_len=24, batch_size=4, batches_per_epoch=3,
                 cache_dir=str(tmp_path / "cache"))
     return MusicDataModule(**(base | kw))
 
@@ -282,7 +282,7 @@ def test_datamodule_batches_and_cache(tmp_path, caplog):
     for s in starts.tolist():
         assert vocab.labels[labels[s]] == vocab.tokens[tokens[s]][len("<label:"):-1]
     val = list(module.val_dataloader())
-    assert sum(len(b[0]) for b in val) == len(module.arrays["val"][0]) // 16
+    assert sum(len(b[0]) for b in val) == len(module.arrays["val"][0]) // 24 and val[0][0].shape[1] == 24
 
     # a second module with the same settings loads the cached arrays; other settings, other key
     again = dm(tmp_path, source="abc_dir", path=str(tmp_path / "abc"))

@@ -11,7 +11,9 @@ Sources (``data.source``):
 Tunes are split train/val/test by tune with a fixed seed, tokenised once with :class:`Vocabulary`
 framing and concatenated per split into one int array, cached on disk under a key made of the sources
 and every setting that changes the arrays. Training batches are random contiguous windows of it
-(as nanoGPT does); validation and test use consecutive windows covering their split.
+(as nanoGPT does); validation and test use consecutive, longer windows covering their split
+(``eval_seq_len``: each window starts from a zero state, so longer windows score the model closer
+to how it generates, with the whole tune as context).
 """
 
 from __future__ import annotations
@@ -291,6 +293,7 @@ class MusicDataModule(L.LightningDataModule):
         seq_len: int = 128,
         batch_size: int = 64,
         batches_per_epoch: int | None = None,
+        eval_seq_len: int | None = None,
         eval_batch_size: int | None = None,
         new_chars: str = "add",
         cache_dir: str | None = None,
@@ -306,6 +309,7 @@ class MusicDataModule(L.LightningDataModule):
         )
         self.seq_len, self.batch_size = seq_len, batch_size
         self.batches_per_epoch = batches_per_epoch
+        self.eval_seq_len = eval_seq_len or seq_len
         self.eval_batch_size = eval_batch_size or batch_size
         self.new_chars = new_chars
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -470,7 +474,7 @@ class MusicDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers)
 
     def _eval_loader(self, split: str):
-        ds = ConsecutiveWindows(*self.arrays[split], self.seq_len)
+        ds = ConsecutiveWindows(*self.arrays[split], self.eval_seq_len)
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
 
     def val_dataloader(self):
