@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=128, help="window of the many-to-many runs (the default preset's)")
     p.add_argument("--window", type=int, default=100, help="the original's many-to-one window")
-    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per variant and round")
+    p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per variant and round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each timed stretch")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--matmul", type=int, default=2048, help="size n of the n x n reference matmul")

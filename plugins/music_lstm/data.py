@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +37,9 @@ from plugins.music_lstm.abc import SkipTune, Tune, clean_tune, decode_bytes, lab
 from plugins.music_lstm.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
+# RandomWindows has a length (batches per epoch) and yields whole batches; Lightning's warning about
+# lengths of iterable datasets under several workers does not apply to it.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
 
 CACHE_FORMAT = 1
 HOYOMUSIC_HUB = "Genius-Society/hoyoMusic"
