@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar, Timer
 from lightning.pytorch.callbacks.progress import ProgressBar

@@ -7,8 +7,6 @@ directory (which trains a quick detector first).
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import re
 import signal

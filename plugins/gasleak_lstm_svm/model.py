@@ -44,7 +44,6 @@ class LSTMAutoencoder(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        hp = self.hparams
         self.register_buffer("mean", torch.tensor(channel_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(channel_std, dtype=torch.float32), persistent=False)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)

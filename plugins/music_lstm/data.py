@@ -94,7 +94,6 @@ def _file_label(cfg: dict, rel: str) -> str | None:
 
 def _hoyomusic_records(cfg: dict):
     """Yield (abc text, label name, source) from a local file/folder or the hub."""
-    names = list(cfg.get("label_names") or HOYOMUSIC_LABELS)
     if cfg.get("path"):
         path = _existing_path(cfg)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
@@ -124,9 +123,6 @@ def _hoyomusic_records(cfg: dict):
         raise UserError(f"cannot load {cfg.get('hub_name') or HOYOMUSIC_HUB} from the hub ({type(err).__name__}); "
                         "download it and pass data.path=<jsonl or parquet>") from None
     for split, ds in dsd.items():
-        feature = ds.features.get("label")
-        if hasattr(feature, "names"):
-            names = list(feature.names)
         for i, row in enumerate(ds):
             yield row, f"{split}#{i}"
 
