@@ -77,6 +77,8 @@ def report(trainer_cfg: dict | None = None) -> list[str]:
     trainer_cfg = trainer_cfg or {}
     accel = resolve_accelerator(str(trainer_cfg.get("accelerator", "auto")))
     devices = trainer_cfg.get("devices", "auto")
+    if accel == "cpu" and devices in ("auto", None):
+        devices = 1  # Lightning's `auto` on CPU is one process
     precision = resolve_precision(trainer_cfg.get("precision", "auto"), accel)
     strategy = trainer_cfg.get("strategy", "auto")
     lines.append(f"trainer: accelerator={accel} devices={devices} strategy={strategy} precision={precision}")

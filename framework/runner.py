@@ -67,8 +67,6 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         plugins=[checkpoints.AtomicCheckpointIO()],
         default_root_dir=str(runs.run_dir()),
     )
-    if accelerator == "cpu" and cfg.trainer.devices in ("auto", None):
-        kwargs["devices"] = 1  # `auto` on CPU would start one process per core under DDP
     kwargs.update(overrides)
     return instantiate(cfg.trainer, **kwargs, _convert_="all")
 
