@@ -26,7 +26,7 @@ other's. A plugin from another distribution may also ship its
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 
@@ -36,8 +36,6 @@ class Plugin:
     modes: Mapping[str, str]
     conf_package: str | None = None
     description: str = ""
-    # Modes that need a trained model; documented in `list` output.
-    model_modes: tuple[str, ...] = field(default=())
 
     def mode_function(self, mode: str) -> Callable:
         module_name, _, attr = self.modes[mode].partition(":")

@@ -54,7 +54,7 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec and "_target_" in spec]
 
 
-def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
     requested = str(cfg.trainer.accelerator)
     accelerator = devices.resolve_accelerator(requested)
     if requested in ("gpu", "cuda") and accelerator == "cpu":
@@ -67,7 +67,6 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         plugins=[checkpoints.AtomicCheckpointIO()],
         default_root_dir=str(runs.run_dir()),
     )
-    kwargs.update(overrides)
     return instantiate(cfg.trainer, **kwargs, _convert_="all")
 
 

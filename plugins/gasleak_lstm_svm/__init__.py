@@ -12,5 +12,4 @@ plugin = Plugin(
         "serve": "plugins.gasleak_lstm_svm.service.modes:serve",
     },
     conf_package="plugins.gasleak_lstm_svm.conf",
-    model_modes=("evaluate", "demo", "serve"),
 )

@@ -11,5 +11,4 @@ plugin = Plugin(
         "evaluate": "plugins.music_lstm.evaluate:run",
     },
     conf_package="plugins.music_lstm.conf",
-    model_modes=("generate", "evaluate"),
 )
