@@ -288,6 +288,25 @@ class Generated:
         return sum(len(t) for t in self.tokens)
 
 
+class _Saved:
+    """The recurrent state of every tune where its current bar began (for bar-aware decoding)."""
+
+    def __init__(self, state: State):
+        self.h0 = state.h0.clone()
+        self.c = [c.clone() for c in state.c]
+        self.xh = [x.clone() for x in state.xh]
+
+    def save(self, state: State, rows: torch.Tensor, tunes: torch.Tensor) -> None:
+        self.h0[tunes] = state.h0[rows]
+        for mine, live in zip(self.c + self.xh, state.c + state.xh):
+            mine[tunes] = live[rows]
+
+    def restore(self, state: State, rows: torch.Tensor, tunes: torch.Tensor) -> None:
+        state.h0[rows] = self.h0[tunes]
+        for mine, live in zip(self.c + self.xh, state.c + state.xh):
+            live[rows] = mine[tunes]
+
+
 @torch.inference_mode()
 def generate(
     step_model: StepModel,
@@ -299,6 +318,7 @@ def generate(
     seed: int = 0,
     stop_at_eos: bool = True,
     compact: bool = True,
+    guard=None,
 ) -> Generated:
     """Sample up to ``max_new`` tokens after each prefix, all tunes in one batch.
 
@@ -306,6 +326,10 @@ def generate(
     A tune stops at ``eos_id`` (when ``stop_at_eos``) or after ``max_new`` tokens. With ``compact``
     finished tunes leave the batch, so the rest run on a smaller matrix; the random draws are made
     for every tune at every step, so compacting does not change what a tune samples.
+
+    ``guard`` (a :class:`plugins.music_lstm.bars.BarGuard`) makes decoding bar-aware: when a tune
+    writes a barline that closes a bar of the wrong length, that tune goes back to the state where
+    the bar began and samples it again, while the other tunes carry on.
     """
     if not prefixes or any(len(p) == 0 for p in prefixes):
         raise ValueError("every tune needs a non-empty prefix")
@@ -318,8 +342,9 @@ def generate(
     start = time.perf_counter()
 
     # seq[i] = prefix then sampled tokens; forced[i, t] says position t is still prefix.
-    seq = torch.full((n, total), eos_id, dtype=torch.long)
-    forced = torch.zeros((n, total), dtype=torch.bool)
+    # One spare column at the end: finished tunes still in the batch write there.
+    seq = torch.full((n, total + 1), eos_id, dtype=torch.long)
+    forced = torch.zeros((n, total + 1), dtype=torch.bool)
     for i, p in enumerate(prefixes):
         seq[i, : len(p)] = torch.tensor(p, dtype=torch.long)
         forced[i, : len(p)] = True
@@ -331,12 +356,17 @@ def generate(
     rows = torch.arange(n)  # batch row -> tune index
     state = step_model.init_state(torch.tensor(label_rows, dtype=torch.long))
     tokens = seq[:, 0].clone()
+    pos = torch.ones(n, dtype=torch.long)  # the position each tune writes next
     done = torch.zeros(n, dtype=torch.bool)
     any_done = False
-    # Equal prefixes (the usual case) share one length limit: the loop's end is the limit.
-    uniform = bool((prefix_len == longest).all())
+    saved = None
+    max_steps = total - 1
+    if guard is not None:
+        guard.reset(n, max_new)
+        saved, initial = _Saved(state), _Saved(state)
+        max_steps += guard.allowance  # resampled characters come out of each tune's allowance
     steps = 0
-    for t in range(1, total):
+    for _ in range(max_steps):
         logits = step_model.step(tokens, state)
         steps += 1
         noise = None
@@ -344,15 +374,20 @@ def generate(
             noise = torch.empty(n, step_model.vocab_size).exponential_(generator=gen)
             noise = noise if len(rows) == n else noise.index_select(0, rows)
         nxt = sample(logits, sampling, noise=noise)
+        at = pos if len(rows) == n else pos[rows]
         keep = None
-        if t < longest:  # still feeding some tune's prefix
-            keep = forced[rows, t]
-            nxt = torch.where(keep, seq[rows, t], nxt)
+        if steps < longest or (guard is not None and int(at.min()) < longest):  # feeding some prefix
+            keep = forced[rows, at]
+            nxt = torch.where(keep, seq[rows, at], nxt)
+        seq[rows, at] = nxt
+        if guard is not None:
+            at = _referee(guard, seq, rows, at, nxt, keep, done if any_done else None, state, saved, initial)
+            nxt = seq[rows, at]
         if len(rows) == n:
-            seq[:, t] = nxt
+            pos = (at + 1).clamp_(max=total)
         else:
-            seq[rows, t] = nxt
-        over = None if uniform else t >= limit[rows] - 1  # the tune's last allowed position
+            pos[rows] = (at + 1).clamp_(max=total)
+        over = at >= limit[rows] - 1  # the tune's last allowed position
         if stop_at_eos:
             hit = nxt == eos_id
             if keep is not None:
@@ -361,29 +396,61 @@ def generate(
                 hit &= ~done
             if bool(hit.any()):
                 ended[rows[hit]] = True
-                end[rows[hit]] = t
-                over = hit if over is None else over | hit
-        if over is not None:
-            newly = over & ~done if any_done else over
-            if bool(newly.any()):
-                done = done | newly
-                any_done = True
-                if bool(done.all()):
-                    break
-                # Drop finished tunes from the batch once a quarter of it is idle.
-                if compact and int(done.sum()) * 4 >= len(rows):
-                    live = (~done).nonzero().squeeze(1)
-                    state = state.select(live)
-                    rows, nxt, done = rows[live], nxt[live], done[live]
-                    any_done = bool(done.any())
+                end[rows[hit]] = at[hit]
+                over = over | hit
+        newly = over & ~done if any_done else over
+        if bool(newly.any()):
+            done = done | newly
+            any_done = True
+            if bool(done.all()):
+                break
+            # Drop finished tunes from the batch once a quarter of it is idle.
+            if compact and int(done.sum()) * 4 >= len(rows):
+                live = (~done).nonzero().squeeze(1)
+                state = state.select(live)
+                rows, nxt, done = rows[live], nxt[live], done[live]
+                any_done = bool(done.any())
         tokens = nxt
+    else:
+        # Out of steps (bar-aware decoding used up every allowance): the unfinished tunes stop here.
+        unfinished = rows[~done]
+        end[unfinished] = pos[unfinished]
     seconds = time.perf_counter() - start
 
     out = []
     for i in range(n):
-        stop = int(end[i]) if ended[i] else int(limit[i])
+        stop = int(end[i]) if ended[i] else int(min(end[i], limit[i]))
         out.append(seq[i, int(prefix_len[i]) : stop].tolist())
     return Generated(tokens=out, ended=ended.tolist(), seconds=seconds, steps=steps)
+
+
+def _referee(guard, seq, rows, at, nxt, keep, done, state, saved, initial) -> torch.Tensor:
+    """Ask ``guard`` about every barline just written; save the state where a new bar begins, send
+    a tune whose bar is rejected back to where that bar began (or to its start, for a restart).
+    Returns each row's position."""
+    barlines = nxt == guard.bar_id
+    if done is not None:
+        barlines &= ~done
+    if not bool(barlines.any()):
+        return at
+    at = at.clone()
+    new_bar, back, restart = [], [], []
+    for r in barlines.nonzero().squeeze(1).tolist():
+        tune, p = int(rows[r]), int(at[r])
+        verdict = guard.barline(tune, seq[tune, : p + 1].tolist(), forced=bool(keep[r]) if keep is not None else False)
+        if verdict == guard.NEW_BAR:
+            new_bar.append(r)
+        elif verdict == guard.RESTART:
+            restart.append(r)
+            at[r] = 0
+        elif verdict > 0:
+            back.append(r)
+            at[r] = verdict
+    for chosen, source, save in ((new_bar, saved, True), (back, saved, False), (restart, initial, False)):
+        if chosen:
+            r = torch.tensor(chosen)
+            (source.save if save else source.restore)(state, r, rows[r])
+    return at
 
 
 @torch.inference_mode()

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import UserError, checkpoints
 from plugins.music_lstm import abc_check
 from plugins.music_lstm.decoding import StepModel
-from plugins.music_lstm.generate import load_model, normalise_prompt, sampling_from, summarise, table, write_tunes
+from plugins.music_lstm.generate import bar_guard, load_model, normalise_prompt, sampling_from, summarise, table, write_tunes
 from plugins.music_lstm.model import MusicLSTM
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,26 @@ def run(cfg: DictConfig) -> dict:
     step_model = StepModel(model, quantize=bool(e.quantize))
     header_defaults = OmegaConf.to_container(e.header_defaults) if e.get("header_defaults") else None
     candidates = int(e.get("candidates") or 1)
+    guard = bar_guard(e, model, header_defaults)
     results, every, out = write_tunes(
         model, labels, prompt, int(e.length), sampling_from(e), seed, candidates,
-        fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model,
+        fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model, guard=guard,
     )
+    unguarded = None
+    if guard is not None:
+        log.info(guard.describe())
+        metrics |= guard.stats()
+        if e.get("compare_unguarded"):
+            plain, _, plain_out = write_tunes(
+                model, labels, prompt, int(e.length), sampling_from(e), seed, candidates,
+                fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model,
+            )
+            unguarded = summarise(plain)
+            metrics |= {
+                "unguarded_parse_share": unguarded["parse_share"],
+                "unguarded_bars_consistent_share": unguarded["bars_consistent_share"],
+                "unguarded_chars_per_second": plain_out.num_chars / max(plain_out.seconds, 1e-9),
+            }
     predicted = classifier.predict([r.abc for r in results]) if classifier else [None] * len(results)
 
     rows = []
@@ -258,6 +274,11 @@ def run(cfg: DictConfig) -> dict:
         ["classifier on real tunes", f"{100 * metrics['classifier_real_accuracy']:.1f}%" if classifier else "-"],
         ["generation", f"{out.num_chars} chars in {out.seconds:.2f} s = {chars_per_s:.0f} chars/s ({'int8' if e.quantize else 'float32'}, batch {n})"],
     ]
+    if guard is not None:
+        summary.insert(1, ["decoding", "bar-aware (bars.guard=true)"])
+    if unguarded is not None:
+        summary.insert(4, ["  without bar-aware decoding", f"parse {100 * unguarded['parse_share']:.1f}%, "
+                           f"bars {100 * unguarded['bars_consistent_share']:.1f}%"])
     if candidates > 1:
         raw = summarise(every)
         summary.insert(3, [f"  over all {len(every)} candidates", f"parse {100 * raw['parse_share']:.1f}%, bars {100 * raw['bars_consistent_share']:.1f}%"])

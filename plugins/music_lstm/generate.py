@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import UserError, checkpoints, runs
 from plugins.music_lstm import abc_check, render
 from plugins.music_lstm.abc import label_slug
+from plugins.music_lstm.bars import BarGuard
 from plugins.music_lstm.decoding import Generated, Sampling, StepModel, generate
 from plugins.music_lstm.model import MusicLSTM
 
@@ -69,6 +70,23 @@ def sampling_from(section) -> Sampling:
         raise UserError(str(e)) from None
 
 
+def bar_guard(section, model: MusicLSTM, header_defaults: dict | None = None) -> BarGuard | None:
+    """The ``bars:`` settings of a generate/evaluate section as a BarGuard (None when off)."""
+    bars = section.get("bars") or {}
+    if not bars.get("guard", False):
+        return None
+    try:
+        return BarGuard(
+            model.vocabulary.tokens,
+            retries=int(bars.get("retries", 4)),
+            restarts=int(bars.get("restarts", 2)),
+            budget=float(bars.get("budget", 2.0)),
+            header_defaults=header_defaults,
+        )
+    except ValueError as e:
+        raise UserError(f"bars.guard: {e}") from None
+
+
 def normalise_prompt(prompt: str | None) -> str:
     """The prompt as the model saw its training text: newline-separated lines, no blank lines."""
     if not prompt:
@@ -102,6 +120,7 @@ def sample_tunes(
     seed: int,
     quantize: bool = False,
     step_model: StepModel | None = None,
+    guard: BarGuard | None = None,
 ) -> tuple[list[str], Generated]:
     """Texts (prompt + continuation) for one tune per entry of ``labels``, in one batch."""
     vocab = model.vocabulary
@@ -112,7 +131,7 @@ def sample_tunes(
     prompt_ids = vocab.encode(prompt)
     prefixes = [vocab.prefix(label) + prompt_ids for label in labels]
     rows = [vocab.label_index(label) for label in labels]
-    out = generate(step_model, prefixes, rows, max_new=length, eos_id=vocab.eos_id, sampling=sampling, seed=seed)
+    out = generate(step_model, prefixes, rows, max_new=length, eos_id=vocab.eos_id, sampling=sampling, seed=seed, guard=guard)
     texts = [prompt + vocab.decode(ids) for ids in out.tokens]
     return texts, out
 
@@ -171,6 +190,7 @@ def write_tunes(
     header_defaults: dict | None = None,
     step_model: StepModel | None = None,
     quantize: bool = False,
+    guard: BarGuard | None = None,
 ) -> tuple[list[TuneResult], list[TuneResult], Generated]:
     """Sample, fix, check, and keep the best of ``candidates`` per tune (all in one batch).
 
@@ -178,7 +198,9 @@ def write_tunes(
     if candidates < 1:
         raise UserError(f"candidates must be >= 1, got {candidates}")
     expanded = [label for label in labels for _ in range(candidates)]
-    texts, out = sample_tunes(model, expanded, prompt, length, sampling, seed, quantize=quantize, step_model=step_model)
+    texts, out = sample_tunes(
+        model, expanded, prompt, length, sampling, seed, quantize=quantize, step_model=step_model, guard=guard
+    )
     everything = finish_tunes(texts, expanded, out.ended, fixes=fixes, header_defaults=header_defaults)
     return best_of(everything, candidates), everything, out
 
@@ -227,14 +249,18 @@ def run(cfg: DictConfig) -> dict:
     log.info("model %s: %s, labels %s", path, model.vocabulary, ", ".join(model.vocabulary.labels))
     candidates = int(g.get("candidates") or 1)
     header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
+    guard = bar_guard(g, model, header_defaults)
     results, every, out = write_tunes(
-        model, labels, prompt, length, sampling, int(cfg.seed), candidates, fixes, header_defaults, quantize=bool(g.quantize)
+        model, labels, prompt, length, sampling, int(cfg.seed), candidates, fixes, header_defaults,
+        quantize=bool(g.quantize), guard=guard,
     )
     chars_per_s = out.num_chars / max(out.seconds, 1e-9)
     log.info(
         "generated %d tunes, %d characters in %.3f s (%.0f chars/s, %s)",
         len(every), out.num_chars, out.seconds, chars_per_s, "int8" if g.quantize else "float32",
     )
+    if guard is not None:
+        log.info(guard.describe())
 
     out_dir = runs.run_dir()
     tunes = [
@@ -286,6 +312,7 @@ def run(cfg: DictConfig) -> dict:
         "render_seconds": render_s,
         "render_failures": failures,
         "quantized": bool(g.quantize),
+        **(guard.stats() if guard is not None else {}),
         "checkpoint": str(path),
         "index": str(Path(out_dir) / "index.html"),
     }

@@ -1,0 +1,338 @@
+"""Bar lengths of ABC text as it is written, for bar-aware decoding.
+
+A character-level model writes a bar one character at a time and has no counter of how much of
+the bar it has filled, so a small model often writes a bar a beat too long or too short. The
+decoder (:func:`plugins.music_lstm.decoding.generate` with a :class:`BarGuard`) asks this module,
+each time a tune writes a barline, whether the bar it closes has its metre's length, and if not
+samples that bar again from the state where it began.
+
+:func:`bar_length` reads one bar of ABC body text (notes, rests, chords, tuplets, broken rhythm,
+grace notes, decorations, chord symbols, inline fields) and returns its length in whole notes.
+It mirrors what :func:`plugins.music_lstm.abc_check.check` measures with music21, which stays the
+judge: the guard's rules are those of the check (the first bar is a free pickup, two short bars
+that add up to one full bar pass, a bar of exactly k full bars passes).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from plugins.music_lstm.abc_check import DEFAULT_HEADER, split_header
+
+# One token of a bar's text. Order matters: strings, decorations, graces and inline fields are
+# skipped whole before anything inside them is read as a note.
+_TOKEN = re.compile(
+    r"""
+    (?P<fieldline>^[A-Za-z]:[^\n|:][^\n]*)
+  | (?P<skip>"[^"]*"|![^!\n]*!|\+[^+\n]*\+|\{[^}]*\}|[\s\-)~.HLMOPSTuvy`'\\]|\((?![2-9]))
+  | (?P<field>\[[A-Za-z]:[^\]]*\])
+  | (?P<tuplet>\((?P<p>[2-9])(?::(?P<q>[2-9]?))?(?::(?P<r>[2-9]?))?)
+  | (?P<chord>\[(?P<inner>[^\]\[|]*)\])(?P<clen>[0-9]*(?:/+[0-9]*)*)
+  | (?P<note>[=^_]*[A-Ga-gzx][,']*)(?P<len>[0-9]*(?:/+[0-9]*)*)
+  | (?P<broken>[<>]{1,3})
+  | (?P<bars>[ZX])(?P<zlen>[0-9]*)
+    """,
+    re.VERBOSE | re.MULTILINE,
+)
+# What a bar's text may start with: the rest of the barline that opened it (``|]``, ``||``,
+# ``|:``), and an ending number (``|1``, ``:|2``, ``[1``, ``[2,3``).
+_LEAD = re.compile(r"^[\]|:\s]*(?:\[?[0-9][0-9,\-]*)?")
+_INNER_NOTE = re.compile(r"[=^_]*[A-Ga-g][,']*([0-9]*(?:/+[0-9]*)*)")
+
+
+class Unreadable(ValueError):
+    """Bar text with something that is neither music nor a known decoration (no judgement)."""
+
+
+def note_length(spec: str) -> Fraction:
+    """ABC length suffix as a multiple of the unit: '' 1, '2' 2, '/' 1/2, '//' 1/4, '3/2', '/4'."""
+    if not spec:
+        return Fraction(1)
+    if "/" not in spec:
+        return Fraction(int(spec))
+    head, _, rest = spec.partition("/")
+    num = int(head) if head else 1
+    if rest == "" or set(rest) == {"/"}:
+        return Fraction(num, 2 ** (1 + len(rest)))  # '/' halves, '//' quarters, ...
+    if "/" in rest:
+        raise Unreadable(spec)
+    return Fraction(num, int(rest))
+
+
+def metre_length(value: str | None) -> Fraction | None:
+    """A bar's length in whole notes for an M: value ('6/8', 'C', 'C|', '2+3/8'); None: free metre."""
+    value = (value or "").strip()
+    if value == "C":
+        return Fraction(1)
+    if value == "C|":
+        return Fraction(1)
+    m = re.fullmatch(r"(\d+(?:\+\d+)*)/(\d+)", value)
+    if not m:
+        return None
+    return Fraction(sum(int(x) for x in m.group(1).split("+")), int(m.group(2)))
+
+
+def unit_length(value: str | None) -> Fraction | None:
+    m = re.fullmatch(r"\s*(\d+)/(\d+)\s*", value or "")
+    return Fraction(int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _tuplet_ratio(p: int, q: str | None, compound: bool) -> Fraction:
+    if q:
+        return Fraction(int(q), p)
+    default = {2: 3, 3: 2, 4: 3, 6: 2, 8: 3}.get(p, 3 if compound else 2)
+    return Fraction(default, p)
+
+
+@dataclass
+class Bar:
+    length: Fraction  # in whole notes
+    notes: int  # notes, rests and chords in the bar
+    fields: dict  # fields set inside the bar (M, L, K, ...), which apply from here on
+    whole_bars: int = 0  # a multi-bar rest Z/X: how many bars it stands for
+
+
+def bar_length(text: str, unit: Fraction, compound: bool = False) -> Bar:
+    """Read one bar's body text (without its closing barline) at unit note length ``unit``."""
+    text = _LEAD.sub("", text, count=1)
+    total = Fraction(0)
+    notes = 0
+    fields: dict[str, str] = {}
+    tuplet: list = []  # [ratio, notes left]
+    previous: Fraction | None = None  # the last note's length, for broken rhythm
+    pending_broken: Fraction | None = None  # factor for the next note after '>' or '<'
+    whole_bars = 0
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            if text[pos] in ":|[]":
+                pos += 1  # stray barline characters (a ':' of ':|' before the bar's '|')
+                continue
+            raise Unreadable(text[pos])
+        pos = m.end()
+        if m.group("skip") is not None:
+            continue
+        if m.group("field") is not None or m.group("fieldline") is not None:
+            body = (m.group("field") or m.group("fieldline")).strip().strip("[]")
+            name, _, value = body.partition(":")
+            fields[name] = value.strip()
+            if name == "L" and unit_length(value):
+                unit = unit_length(value)
+            continue
+        if m.group("tuplet") is not None:
+            p = int(m.group("p"))
+            r = int(m.group("r")) if m.group("r") else p
+            tuplet = [_tuplet_ratio(p, m.group("q"), compound), r]
+            continue
+        if m.group("broken") is not None:
+            if previous is None:
+                raise Unreadable(m.group("broken"))
+            k = len(m.group("broken"))
+            long, short = 2 - Fraction(1, 2**k), Fraction(1, 2**k)
+            first, second = (long, short) if m.group("broken")[0] == ">" else (short, long)
+            total += previous * (first - 1)  # stretch or shrink the note already counted
+            pending_broken = second
+            continue
+        if m.group("bars") is not None:
+            whole_bars += int(m.group("zlen") or 1)
+            continue
+        if m.group("chord") is not None:
+            inner = _INNER_NOTE.match(m.group("inner").strip())
+            if inner is None:
+                raise Unreadable(m.group("chord"))
+            length = note_length(inner.group(1)) * note_length(m.group("clen"))
+        else:
+            length = note_length(m.group("len"))
+        length *= unit
+        if tuplet:
+            length *= tuplet[0]
+            tuplet[1] -= 1
+            if tuplet[1] <= 0:
+                tuplet = []
+        if pending_broken is not None:
+            length *= pending_broken
+            pending_broken = None
+        total += length
+        previous = length
+        notes += 1
+    return Bar(total, notes, fields, whole_bars)
+
+
+class TuneBars:
+    """Follows one tune bar by bar and says whether each bar it closes is acceptable.
+
+    Acceptable, as in the music21 check: the first bar (a pickup) is free; later bars hold exactly
+    the metre's length, or a whole number of bars; a short bar passes when the next one completes
+    it. A bar that changes the metre or unit length, or that cannot be read, is not judged.
+    """
+
+    def __init__(self, header_text: str, defaults: dict | None = None):
+        defaults = {**DEFAULT_HEADER, **(defaults or {})}
+        fields = dict(split_header(header_text)[0])
+        self.metre = metre_length(fields.get("M")) if "M" in fields else metre_length(defaults["M"])
+        self.unit = unit_length(fields.get("L")) or unit_length(defaults["L"]) or Fraction(1, 8)
+        self.compound = self._compound(fields.get("M", defaults["M"]))
+        self.bars = 0
+        self.debt: Fraction | None = None  # what the bar after a short one must hold
+
+    @staticmethod
+    def _compound(metre: str | None) -> bool:
+        m = re.fullmatch(r"\s*(\d+)/\d+\s*", metre or "")
+        return bool(m) and int(m.group(1)) in (6, 9, 12)
+
+    def judge(self, text: str) -> bool | None:
+        """Would this bar (its body text) pass? True / False; None when it has no notes (a barline's
+        second character, or only a field) or cannot be judged. Does not change the state."""
+        try:
+            bar = bar_length(text, self.unit, self.compound)
+        except Unreadable as e:
+            return False if str(e).isalpha() else None  # a stray letter is no note: music21 chokes on it
+        except (ValueError, ZeroDivisionError):
+            return None
+        if bar.fields or (bar.notes == 0 and not bar.whole_bars):
+            return None
+        if self.bars == 0 or self.metre is None:
+            return True
+        length, full = bar.length + bar.whole_bars * self.metre, self.metre
+        if self.debt is not None:
+            return length == self.debt
+        if length > 0 and length % full == 0:
+            return True
+        # A short bar passes only where a section ends (``:|``) and the next bar completes it:
+        # anywhere else it is the model losing count.
+        return length < full and text.rstrip().endswith(":")
+
+    def accept(self, text: str) -> None:
+        """Record a bar the tune keeps (whatever judge said)."""
+        try:
+            bar = bar_length(text, self.unit, self.compound)
+        except (Unreadable, ValueError, ZeroDivisionError):
+            self.bars += 1
+            self.debt = None
+            return
+        if "M" in bar.fields:
+            self.metre = metre_length(bar.fields["M"])
+            self.compound = self._compound(bar.fields["M"])
+        if bar.fields.get("L") and unit_length(bar.fields["L"]):
+            self.unit = unit_length(bar.fields["L"])
+        if bar.notes == 0 and not bar.whole_bars:
+            return
+        first = self.bars == 0
+        self.bars += 1
+        length = bar.length + bar.whole_bars * (self.metre or 0)
+        if first or self.metre is None or bar.fields or self.debt is not None:
+            self.debt = None
+        elif 0 < length < self.metre:
+            self.debt = self.metre - length
+        else:
+            self.debt = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Bar-aware decoding
+
+
+class BarGuard:
+    """The decoder's referee: each time a tune writes ``|``, is the bar it closes acceptable?
+
+    :func:`plugins.music_lstm.decoding.generate` calls :meth:`barline` with the tune's tokens so
+    far. The answer is :data:`SAME_BAR` (keep it; no bar was closed: the second character of
+    ``||``, a barline after only a field), :data:`NEW_BAR` (keep it; the decoder saves the LSTM
+    state here, where the next bar begins), or the position of the barline that began the bar, to
+    sample the bar again from there. A bar gets ``retries`` new draws; when none fits, the tune
+    starts again from its first token (:data:`RESTART`, at most ``restarts`` times); after that,
+    or once a tune has thrown away ``budget`` times its length limit, a bar is kept as written.
+    """
+
+    SAME_BAR, NEW_BAR, RESTART = -2, -1, 0  # RESTART: position 0, the tune's first token
+
+    def __init__(
+        self,
+        tokens: list[str],
+        retries: int = 4,
+        restarts: int = 2,
+        budget: float = 2.0,
+        header_defaults: dict | None = None,
+    ):
+        if "|" not in tokens:
+            raise ValueError("the vocabulary has no '|': bar-aware decoding needs barlines")
+        self.chars = [t if len(t) == 1 else "" for t in tokens]  # special and label tokens write nothing
+        self.bar_id = tokens.index("|")
+        self.retries = int(retries)
+        self.restarts = int(restarts)
+        self.budget = float(budget)
+        self.header_defaults = header_defaults
+        self.reset(0, 0)
+
+    def reset(self, num_tunes: int, max_new: int) -> None:
+        self.tunes: list[TuneBars | None] = [None] * num_tunes
+        self.bar_start = [0] * num_tunes
+        self.tries = [0] * num_tunes
+        self.restarted = [0] * num_tunes
+        self.spent = [0] * num_tunes  # characters thrown away by resampling, per tune
+        self.allowance = int(self.budget * max_new)
+        self.checked = self.resampled = self.kept_bad = self.restarts_made = 0
+
+    def text(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def barline(self, tune: int, ids: list[int], forced: bool = False) -> int:
+        """``ids``: the tune's tokens up to and including the ``|`` it just wrote."""
+        p = len(ids) - 1
+        bars = self.tunes[tune]
+        if bars is None:  # the first barline: the text before it is the header and the first bar
+            header, body = split_header(self.text(ids[:p]))
+            bars = self.tunes[tune] = TuneBars("\n".join(f"{k}:{v}" for k, v in header), self.header_defaults)
+            bars.accept(body)
+            self.bar_start[tune] = p
+            return self.NEW_BAR
+        start = self.bar_start[tune]
+        text = self.text(ids[start + 1 : p])
+        verdict = None if forced else bars.judge(text)
+        if verdict is None and not forced:
+            try:
+                bar = bar_length(text, bars.unit, bars.compound)
+                if bar.notes == 0 and not bar.whole_bars and not bar.fields:
+                    return self.SAME_BAR
+            except (Unreadable, ValueError, ZeroDivisionError):
+                pass
+        if verdict is not None:
+            self.checked += 1
+        if verdict is False:
+            wasted = p - start
+            if self.tries[tune] < self.retries and self.spent[tune] + wasted <= self.allowance:
+                self.tries[tune] += 1
+                self.spent[tune] += wasted
+                self.resampled += 1
+                return start
+            # No draw of this bar fits: usually the tune's body does not follow its own header (a
+            # reel under M:3/4). Start the tune again, header and all.
+            if self.restarted[tune] < self.restarts and self.spent[tune] + p <= self.allowance:
+                self.restarted[tune] += 1
+                self.restarts_made += 1
+                self.spent[tune] += p
+                self.tunes[tune], self.bar_start[tune], self.tries[tune] = None, 0, 0
+                return self.RESTART
+            self.kept_bad += 1
+        bars.accept(text)
+        self.bar_start[tune] = p
+        self.tries[tune] = 0
+        return self.NEW_BAR
+
+    def describe(self) -> str:
+        s = self.stats()
+        return (f"bar-aware decoding: {s['bars_checked']} bars checked, {s['bars_resampled']} drawn again, "
+                f"{s['tunes_restarted']} tune restarts, {s['bars_kept_inconsistent']} kept off-metre; "
+                f"{s['chars_discarded']} characters thrown away")
+
+    def stats(self) -> dict:
+        return {
+            "bars_checked": self.checked,
+            "bars_resampled": self.resampled,
+            "bars_kept_inconsistent": self.kept_bad,
+            "tunes_restarted": self.restarts_made,
+            "chars_discarded": sum(self.spent),
+        }
