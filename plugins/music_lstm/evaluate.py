@@ -214,6 +214,8 @@ def run(cfg: DictConfig) -> dict:
     header_defaults = OmegaConf.to_container(e.header_defaults) if e.get("header_defaults") else None
     candidates = int(e.get("candidates") or 1)
     guard = bar_guard(e, model, header_defaults)
+    if e.get("threads"):
+        torch.set_num_threads(int(e.threads))  # for decoding; bits per character above used the default
     results, every, out = write_tunes(
         model, labels, prompt, int(e.length), sampling_from(e), seed, candidates,
         fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model, guard=guard,

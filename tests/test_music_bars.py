@@ -1,0 +1,169 @@
+"""Bar lengths of ABC text and bar-aware decoding (plugins/music_lstm/bars.py)."""
+
+from fractions import Fraction as Fr
+
+import pytest
+import torch
+
+from plugins.music_lstm import abc_check
+from plugins.music_lstm.bars import BarGuard, TuneBars, bar_length, metre_length, note_length
+from plugins.music_lstm.decoding import Sampling, State, generate
+from plugins.music_lstm.vocab import Vocabulary
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("", 1), ("2", 2), ("/", Fr(1, 2)), ("//", Fr(1, 4)), ("/2", Fr(1, 2)), ("3/2", Fr(3, 2)), ("/4", Fr(1, 4)), ("3//", Fr(3, 4))],
+)
+def test_note_length_suffixes(spec, expected):
+    assert note_length(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "text, unit, expected",
+    [
+        ("ABcd", Fr(1, 8), Fr(1, 2)),
+        ("A2 B/c/ d", Fr(1, 8), Fr(1, 2)),
+        ("(3ABc d", Fr(1, 8), Fr(3, 8)),  # triplet: three eighths in the time of two
+        ("A>B c<d", Fr(1, 8), Fr(1, 2)),  # broken rhythm keeps the pair's total
+        ("A2>B", Fr(1, 8), Fr(1, 2) - Fr(1, 16)),  # ... of equal-length notes only: 3/8 + 1/16
+        ("[CEG]2 [ce]", Fr(1, 8), Fr(3, 8)),
+        ('{g}A "Am"B !trill!c .d', Fr(1, 8), Fr(1, 2)),  # grace notes, chord symbols, decorations
+        ("^F,,2 _B' =c z", Fr(1, 8), Fr(5, 8)),
+        ("]1 ABcd:", Fr(1, 8), Fr(1, 2)),  # rest of the opening barline, ending number, ':' of ':|'
+        ("ABCD EFGA", Fr(1, 16), Fr(1, 2)),
+        ("A2 [L:1/16] BB", Fr(1, 8), Fr(3, 8)),  # an inline field changes the unit from there on
+    ],
+)
+def test_bar_length_reads_abc(text, unit, expected):
+    assert bar_length(text, unit).length == expected
+
+
+def test_bar_length_counts_multibar_rests_and_reads_metres():
+    assert bar_length("Z4", Fr(1, 8)).whole_bars == 4
+    assert metre_length("6/8") == Fr(3, 4) and metre_length("C") == 1 and metre_length("C|") == 1
+    assert metre_length("2+3/8") == Fr(5, 8) and metre_length("none") is None
+
+
+def test_bar_reader_agrees_with_music21_on_written_tunes():
+    """The guard and the music21 check must measure the same thing on ordinary tunes."""
+    tunes = [
+        "M:6/8\nL:1/8\nK:D\nA|dfa afd|(3efg fe dcB|A2A A3:|\n",  # pickup, triplet; last bar short
+        "M:4/4\nL:1/8\nK:G\nGABc d2 e2|d>c BA G4|ABcd e2 f2|g8|]\n",
+        "M:3/4\nL:1/8\nK:C\nC2 E2 G2|c4 B2|A2 G4|c6|]\n",
+        "M:3/4\nL:1/8\nK:C\nC2 E2 G2|c4 B2 A2|A2 G4|c6|]\n",  # bar 2 is a beat too long
+    ]
+    for text in tunes:
+        check = abc_check.check(abc_check.fix_header(text, 1, "t")[0])
+        header, body = abc_check.split_header(text)
+        bars = TuneBars("\n".join(f"{k}:{v}" for k, v in header))
+        verdicts = []
+        for part in body.split("|")[:-2]:  # music21 leaves the last bar unchecked
+            verdicts.append(bars.judge(part))
+            bars.accept(part)
+        assert check.parses
+        assert check.bars_consistent == all(v is not False for v in verdicts), text
+
+
+def test_judge_rules_follow_the_check():
+    bars = TuneBars("M:2/4\nL:1/8")
+    assert bars.judge("A") is True  # the first bar is a free pickup
+    bars.accept("A")
+    assert bars.judge("ABcd") is True
+    assert bars.judge("ABcde") is False  # too long
+    assert bars.judge("ABc") is False  # short, and no section ends here
+    assert bars.judge("ABc:") is True  # short before ':|' (a section end) ...
+    bars.accept("ABc:")
+    assert bars.judge("ABcd") is False  # ... when the next bar completes it
+    assert bars.judge("d") is True
+    assert bars.judge("Q2") is False  # a stray letter is no note
+    assert bars.judge("") is None  # the second character of '||' closes no bar
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding with a scripted model: it writes bars of "A"s and, after three notes, may close the bar
+# early (a beat short under M:2/4, L:1/8) or write the fourth note; after six bars it ends.
+
+VOCAB = Vocabulary.build(["M:2/4\nL:1/8\nK:C\nA|3"], ["x"])
+PROMPT = "M:2/4\nL:1/8\nK:C\n"
+
+
+class ScriptedSteps:
+    """A StepModel stand-in whose recurrent state is (notes in this bar, bars closed)."""
+
+    def __init__(self, always_four: bool = False):
+        self.vocab_size = len(VOCAB)
+        self.note, self.bar, self.eos = VOCAB.index["A"], VOCAB.index["|"], VOCAB.eos_id
+        self.always_four = always_four
+
+    def init_state(self, label_rows):
+        b = len(label_rows)
+        return State(h0=torch.zeros(b, 2), c=[torch.zeros(b, 1)], xh=[], label_gates=None)
+
+    def step(self, tokens, state):
+        notes, bars = state.h0[:, 0], state.h0[:, 1]
+        notes += (tokens == self.note).float()
+        closed = tokens == self.bar
+        notes[closed] = 0
+        bars += closed.float()
+        logits = torch.full((len(tokens), self.vocab_size), float("-inf"))
+        logits[:, self.note] = 0.0
+        full = notes >= 4
+        maybe = (notes == 3) & (not self.always_four)
+        logits[full, self.note] = float("-inf")
+        logits[full | maybe, self.bar] = 0.0
+        finished = (bars >= 6) & (notes == 0)
+        logits[finished] = float("-inf")
+        logits[finished, self.eos] = 0.0
+        return logits
+
+
+def _bodies(out):
+    return [VOCAB.decode(ids) for ids in out.tokens]
+
+
+def _run(guard=None, model=None, prompt=PROMPT, n=8, seed=3):
+    prefix = VOCAB.prefix("x") + VOCAB.encode(prompt)
+    return generate(model or ScriptedSteps(), [prefix] * n, [0] * n, 200, VOCAB.eos_id, Sampling(1.0), seed=seed, guard=guard)
+
+
+def test_bar_aware_decoding_redraws_short_bars():
+    plain = _run()
+    plain_bars = [bar for body in _bodies(plain) for bar in body.split("|")[1:-1]]
+    assert "AAA" in plain_bars  # the scripted model does lose count without the guard
+
+    guard = BarGuard(VOCAB.tokens, retries=20, budget=4.0)
+    guarded = _run(guard)
+    assert all(guarded.ended)
+    for body in _bodies(guarded):
+        bars = body.split("|")
+        assert len(bars) == 7 and bars[-1] == ""  # six bars, then the end token
+        assert all(bar == "AAAA" for bar in bars[1:-1]), body  # every bar after the pickup is full
+        check = abc_check.check(abc_check.fix_header(PROMPT + body, 1, "t")[0])
+        assert check.parses and check.bars_consistent
+    stats = guard.stats()
+    assert stats["bars_resampled"] > 0 and stats["bars_kept_inconsistent"] == 0
+    assert stats["chars_discarded"] >= 4 * stats["bars_resampled"]  # a redrawn bar threw away 'AAA|'
+
+
+def test_bar_aware_decoding_is_reproducible_and_unaffected_by_compaction():
+    a = _run(BarGuard(VOCAB.tokens, retries=20, budget=4.0), seed=5)
+    b = _run(BarGuard(VOCAB.tokens, retries=20, budget=4.0), seed=5)
+    assert a.tokens == b.tokens
+    assert _run(BarGuard(VOCAB.tokens, retries=20, budget=4.0), seed=6).tokens != a.tokens
+    # Finished tunes leave the batch (compaction); the others must draw exactly as before.
+    prefix = VOCAB.prefix("x") + VOCAB.encode(PROMPT)
+    kept = generate(ScriptedSteps(), [prefix] * 8, [0] * 8, 200, VOCAB.eos_id, Sampling(1.0), seed=5,
+                    guard=BarGuard(VOCAB.tokens, retries=20, budget=4.0), compact=False)
+    assert kept.tokens == a.tokens
+
+
+def test_a_tune_that_cannot_fit_its_metre_restarts_then_stops_within_its_budget():
+    # Under M:3/4 the scripted model's 4-note bars never fit: redraws, restarts, then kept as written.
+    guard = BarGuard(VOCAB.tokens, retries=2, restarts=1, budget=1.0)
+    out = _run(guard, model=ScriptedSteps(always_four=True), prompt="M:3/4\nL:1/8\nK:C\n", n=2)
+    stats = guard.stats()
+    assert stats["tunes_restarted"] == 2 and stats["bars_kept_inconsistent"] > 0
+    assert all(stats_spent <= 200 for stats_spent in guard.spent)  # budget 1.0 x length 200
+    for body in _bodies(out):
+        assert body.split("|")[1:-1] == ["AAAA"] * 5  # the tune itself is complete and unchanged
