@@ -15,7 +15,10 @@ Every tune is forced to the full length (no stopping at the end token), so all r
 work. The re-run of many tunes is slow: it is timed over its steady state (a full 100-character
 window) for ``--rerun-steps`` characters and scaled to ``--chars``; pass ``--full`` to time it all.
 With a checkpoint (default: the latest music train run, if any) the int8 cost in bits per
-character is measured on real held-out tunes, on exactly the decoding path.
+character is measured on real held-out tunes, on exactly the decoding path, and the generate
+mode's own setting is timed: ``--tunes`` tunes that stop at their end token, plain sampling vs
+bar-aware decoding (plugins/music_lstm/bars.py), with the share of tunes music21 parses and
+finds bar-consistent.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def main() -> None:
     p.add_argument("--ckpt", default=None)
     p.add_argument("--chars", type=int, default=500)
     p.add_argument("--tunes", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (generate's default is 1; 0: torch's default)")
     p.add_argument("--repeat", type=int, default=3, help="best of this many runs for the fast paths")
     p.add_argument("--rerun-steps", type=int, default=20, help="characters timed for the many-tune re-run")
     p.add_argument("--full", action="store_true", help="time every re-run over all --chars characters")
@@ -189,6 +192,30 @@ def main() -> None:
         b32, b8 = nll32 / count / ln2, nll8 / count / ln2
         print(f"bits per character on {len(tunes)} held-out tunes ({count} chars): float32 {b32:.4f}, int8 {b8:.4f} "
               f"(+{b8 - b32:.4f}, {100 * (b8 - b32) / b32:+.2f}%)")
+        generate_mode(model, fp32, n, chars, args.repeat)
+
+
+def generate_mode(model, step_model: StepModel, n: int, chars: int, repeat: int) -> None:
+    """The generate mode's setting: tunes stop at their end token; plain vs bar-aware decoding."""
+    from plugins.music_lstm.bars import BarGuard
+    from plugins.music_lstm.generate import summarise, write_tunes
+
+    labels = [model.vocabulary.labels[i % len(model.vocabulary.labels)] for i in range(n)]
+    print(f"\ngenerate mode: {n} tunes (labels in turn), up to {chars} chars, top_p 0.95, median of {repeat} seeds")
+    print(f"{'decoding':12} {'seconds':>8} {'chars':>7} {'chars/s':>8} {'parse':>6} {'bars ok':>8}  redrawn bars / restarts")
+    for name in ("plain", "bar-aware"):
+        times, found = [], []
+        for seed in range(repeat):
+            guard = BarGuard(model.vocabulary.tokens) if name == "bar-aware" else None
+            kept, _, out = write_tunes(model, labels, "", chars, Sampling(1.0, 0, 0.95), seed, step_model=step_model, guard=guard)
+            times.append(out.seconds)
+            found.append((out.num_chars, summarise(kept), guard.stats() if guard else None))
+        order = sorted(range(repeat), key=times.__getitem__)
+        mid = order[len(order) // 2]
+        num_chars, summary, stats = found[mid]
+        extra = f"{stats['bars_resampled']} / {stats['tunes_restarted']}" if stats else "-"
+        print(f"{name:12} {times[mid]:>8.3f} {num_chars:>7} {num_chars / times[mid]:>8.0f} "
+              f"{100 * summary['parse_share']:>5.0f}% {100 * summary['bars_consistent_share']:>7.0f}%  {extra}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from plugins.music_lstm import abc_check
-from plugins.music_lstm.bars import BarGuard, TuneBars, bar_length, metre_length, note_length
+from plugins.music_lstm.bars import SHORT, BarGuard, TuneBars, bar_length, metre_length, note_length
 from plugins.music_lstm.decoding import Sampling, State, generate
 from plugins.music_lstm.vocab import Vocabulary
 
@@ -71,7 +71,7 @@ def test_judge_rules_follow_the_check():
     bars.accept("A")
     assert bars.judge("ABcd") is True
     assert bars.judge("ABcde") is False  # too long
-    assert bars.judge("ABc") is False  # short, and no section ends here
+    assert bars.judge("ABc") == SHORT  # short: fine only if a section ends here (the next character says)
     assert bars.judge("ABc:") is True  # short before ':|' (a section end) ...
     bars.accept("ABc:")
     assert bars.judge("ABcd") is False  # ... when the next bar completes it
@@ -138,7 +138,9 @@ def test_bar_aware_decoding_redraws_short_bars():
     for body in _bodies(guarded):
         bars = body.split("|")
         assert len(bars) == 7 and bars[-1] == ""  # six bars, then the end token
-        assert all(bar == "AAAA" for bar in bars[1:-1]), body  # every bar after the pickup is full
+        # every bar between the pickup and the last is full; the last may be short (the tune ends)
+        assert all(bar == "AAAA" for bar in bars[1:-2]), body
+        assert bars[-2] in ("AAA", "AAAA")
         check = abc_check.check(abc_check.fix_header(PROMPT + body, 1, "t")[0])
         assert check.parses and check.bars_consistent
     stats = guard.stats()
@@ -167,3 +169,21 @@ def test_a_tune_that_cannot_fit_its_metre_restarts_then_stops_within_its_budget(
     assert all(stats_spent <= 200 for stats_spent in guard.spent)  # budget 1.0 x length 200
     for body in _bodies(out):
         assert body.split("|")[1:-1] == ["AAAA"] * 5  # the tune itself is complete and unchanged
+
+
+def test_a_short_bar_waits_for_the_next_character():
+    """'ABc|' is a beat short under M:2/4: kept before '||' or '|]' (a section end), redrawn before a note."""
+    text = PROMPT + "A|AAAA|AAA|"
+    ids = VOCAB.prefix("x") + VOCAB.encode(text)
+    first_bar = len(VOCAB.prefix("x")) + len(PROMPT) + 1
+    for following, kept in (("|", True), ("A", False)):
+        guard = BarGuard(VOCAB.tokens)
+        guard.reset(1, 100)
+        marks = [i for i, t in enumerate(ids) if t == VOCAB.index["|"]]
+        assert [guard.barline(0, ids[: m + 1]) for m in marks] == [guard.NEW_BAR, guard.NEW_BAR, guard.PENDING]
+        verdict = guard.resolve(0, VOCAB.index[following], marks[-1] + 1)
+        if kept:
+            assert verdict == guard.NEW_BAR and guard.bar_start[0] == marks[-1]
+        else:
+            assert verdict == marks[1] and guard.stats()["bars_resampled"] == 1  # back to the bar's start
+        assert marks[0] == first_bar

@@ -15,6 +15,7 @@ that add up to one full bar pass, a bar of exactly k full bars passes).
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +41,10 @@ _TOKEN = re.compile(
 # ``|:``), and an ending number (``|1``, ``:|2``, ``[1``, ``[2,3``).
 _LEAD = re.compile(r"^[\]|:\s]*(?:\[?[0-9][0-9,\-]*)?")
 _INNER_NOTE = re.compile(r"[=^_]*[A-Ga-g][,']*([0-9]*(?:/+[0-9]*)*)")
+
+
+SHORT = "short"  # a bar shorter than its metre: fine at a section end, wrong anywhere else
+SECTION_END = ("|", "]", ":")  # what may follow the '|' after a short bar: '||', '|]', '|:'
 
 
 class Unreadable(ValueError):
@@ -167,6 +172,7 @@ class TuneBars:
     Acceptable, as in the music21 check: the first bar (a pickup) is free; later bars hold exactly
     the metre's length, or a whole number of bars; a short bar passes when the next one completes
     it. A bar that changes the metre or unit length, or that cannot be read, is not judged.
+    ``::`` counts as a barline, as it does for music21.
     """
 
     def __init__(self, header_text: str, defaults: dict | None = None):
@@ -183,16 +189,37 @@ class TuneBars:
         m = re.fullmatch(r"\s*(\d+)/\d+\s*", metre or "")
         return bool(m) and int(m.group(1)) in (6, 9, 12)
 
-    def judge(self, text: str) -> bool | None:
-        """Would this bar (its body text) pass? True / False; None when it has no notes (a barline's
-        second character, or only a field) or cannot be judged. Does not change the state."""
+    def judge(self, text: str) -> bool | str | None:
+        """Would this bar (its body text) pass? True / False; :data:`SHORT` for a short bar, which
+        passes only at a section end (``||``, ``|]``, ``|:``); None when it has no notes (a
+        barline's second character, or only a field) or cannot be judged. Does not change the state.
+
+        ``::`` inside the text is a barline too (end one repeat, start the next), so the text may
+        hold more than one bar; all must pass."""
+        probe = copy.copy(self)
+        verdicts = []
+        for part in _split_double_colon(text):
+            verdicts.append(probe._judge_one(part))
+            probe._accept_one(part)
+        if False in verdicts:
+            return False
+        if SHORT in verdicts:
+            return SHORT
+        return True if True in verdicts else None
+
+    def accept(self, text: str) -> None:
+        """Record a bar the tune keeps (whatever judge said)."""
+        for part in _split_double_colon(text):
+            self._accept_one(part)
+
+    def _judge_one(self, text: str) -> bool | None:
         try:
             bar = bar_length(text, self.unit, self.compound)
         except Unreadable as e:
             return False if str(e).isalpha() else None  # a stray letter is no note: music21 chokes on it
         except (ValueError, ZeroDivisionError):
             return None
-        if bar.fields or (bar.notes == 0 and not bar.whole_bars):
+        if _changes_length(bar) or (bar.notes == 0 and not bar.whole_bars):
             return None
         if self.bars == 0 or self.metre is None:
             return True
@@ -201,12 +228,14 @@ class TuneBars:
             return length == self.debt
         if length > 0 and length % full == 0:
             return True
-        # A short bar passes only where a section ends (``:|``) and the next bar completes it:
-        # anywhere else it is the model losing count.
-        return length < full and text.rstrip().endswith(":")
+        # A short bar passes only where a section ends and the next bar completes it; anywhere
+        # else it is the model losing count. Before ':|' the section end is already written;
+        # otherwise it is SHORT: the character after the '|' decides (see BarGuard).
+        if length > full:
+            return False
+        return True if text.rstrip().endswith(":") else SHORT
 
-    def accept(self, text: str) -> None:
-        """Record a bar the tune keeps (whatever judge said)."""
+    def _accept_one(self, text: str) -> None:
         try:
             bar = bar_length(text, self.unit, self.compound)
         except (Unreadable, ValueError, ZeroDivisionError):
@@ -223,12 +252,25 @@ class TuneBars:
         first = self.bars == 0
         self.bars += 1
         length = bar.length + bar.whole_bars * (self.metre or 0)
-        if first or self.metre is None or bar.fields or self.debt is not None:
+        if first or self.metre is None or _changes_length(bar) or self.debt is not None:
             self.debt = None
         elif 0 < length < self.metre:
             self.debt = self.metre - length
         else:
             self.debt = None
+
+
+def _changes_length(bar: Bar) -> bool:
+    """A bar that sets M: or L: is measured in two systems at once: it is not judged."""
+    return "M" in bar.fields or "L" in bar.fields
+
+
+def _split_double_colon(text: str) -> list[str]:
+    """Bars separated by ``::``; each but the last ends at a section line (marked by ':')."""
+    if "::" not in text:
+        return [text]
+    parts = text.split("::")
+    return [part + ":" for part in parts[:-1]] + [parts[-1]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +290,7 @@ class BarGuard:
     """
 
     SAME_BAR, NEW_BAR, RESTART = -2, -1, 0  # RESTART: position 0, the tune's first token
+    PENDING = -3  # a short bar: keep it for now, the next character decides (see :meth:`resolve`)
 
     def __init__(
         self,
@@ -271,6 +314,7 @@ class BarGuard:
         self.tunes: list[TuneBars | None] = [None] * num_tunes
         self.bar_start = [0] * num_tunes
         self.tries = [0] * num_tunes
+        self.pending: dict[int, tuple[int, str]] = {}  # tune -> (position of its '|', bar text)
         self.restarted = [0] * num_tunes
         self.spent = [0] * num_tunes  # characters thrown away by resampling, per tune
         self.allowance = int(self.budget * max_new)
@@ -299,10 +343,25 @@ class BarGuard:
                     return self.SAME_BAR
             except (Unreadable, ValueError, ZeroDivisionError):
                 pass
+        if verdict == SHORT:
+            self.pending[tune] = (p, text)
+            return self.PENDING
+        return self._decide(tune, p, text, verdict)
+
+    def resolve(self, tune: int, token: int, p: int) -> int:
+        """The character ``token`` written at ``p`` right after a pending short bar's ``|``: a
+        section end (``||``, ``|]``, ``|:``) or the end of the tune keeps the bar (NEW_BAR, its
+        barline at ``p - 1``); anything else sends the tune back like any rejected bar."""
+        bar_p, text = self.pending.pop(tune)
+        char = self.chars[token]
+        return self._decide(tune, bar_p, text, char in SECTION_END or char == "", wasted_to=p)
+
+    def _decide(self, tune: int, p: int, text: str, verdict, wasted_to: int | None = None) -> int:
+        bars, start = self.tunes[tune], self.bar_start[tune]
         if verdict is not None:
             self.checked += 1
         if verdict is False:
-            wasted = p - start
+            wasted = (wasted_to if wasted_to is not None else p) - start
             if self.tries[tune] < self.retries and self.spent[tune] + wasted <= self.allowance:
                 self.tries[tune] += 1
                 self.spent[tune] += wasted
@@ -310,10 +369,11 @@ class BarGuard:
                 return start
             # No draw of this bar fits: usually the tune's body does not follow its own header (a
             # reel under M:3/4). Start the tune again, header and all.
-            if self.restarted[tune] < self.restarts and self.spent[tune] + p <= self.allowance:
+            end = wasted_to if wasted_to is not None else p
+            if self.restarted[tune] < self.restarts and self.spent[tune] + end <= self.allowance:
                 self.restarted[tune] += 1
                 self.restarts_made += 1
-                self.spent[tune] += p
+                self.spent[tune] += end
                 self.tunes[tune], self.bar_start[tune], self.tries[tune] = None, 0, 0
                 return self.RESTART
             self.kept_bad += 1

@@ -306,6 +306,10 @@ class _Saved:
         for mine, live in zip(self.c + self.xh, state.c + state.xh):
             live[rows] = mine[tunes]
 
+    def take(self, other: "_Saved", tunes: torch.Tensor) -> None:
+        for mine, theirs in zip([self.h0, *self.c, *self.xh], [other.h0, *other.c, *other.xh]):
+            mine[tunes] = theirs[tunes]
+
 
 @torch.inference_mode()
 def generate(
@@ -363,7 +367,8 @@ def generate(
     max_steps = total - 1
     if guard is not None:
         guard.reset(n, max_new)
-        saved, initial = _Saved(state), _Saved(state)
+        # where each tune's current bar began; where a pending short bar would begin the next; the start
+        saved, tentative, initial = _Saved(state), _Saved(state), _Saved(state)
         max_steps += guard.allowance  # resampled characters come out of each tune's allowance
     steps = 0
     for _ in range(max_steps):
@@ -381,7 +386,7 @@ def generate(
             nxt = torch.where(keep, seq[rows, at], nxt)
         seq[rows, at] = nxt
         if guard is not None:
-            at = _referee(guard, seq, rows, at, nxt, keep, done if any_done else None, state, saved, initial)
+            at = _referee(guard, seq, rows, at, nxt, keep, done if any_done else None, state, (saved, tentative, initial))
             nxt = seq[rows, at]
         if len(rows) == n:
             pos = (at + 1).clamp_(max=total)
@@ -424,32 +429,50 @@ def generate(
     return Generated(tokens=out, ended=ended.tolist(), seconds=seconds, steps=steps)
 
 
-def _referee(guard, seq, rows, at, nxt, keep, done, state, saved, initial) -> torch.Tensor:
-    """Ask ``guard`` about every barline just written; save the state where a new bar begins, send
-    a tune whose bar is rejected back to where that bar began (or to its start, for a restart).
-    Returns each row's position."""
+def _referee(guard, seq, rows, at, nxt, keep, done, state, snapshots) -> torch.Tensor:
+    """Ask ``guard`` about every barline just written (and about the character after a pending
+    short bar); save the state where a new bar begins, send a tune whose bar is rejected back to
+    where that bar began (or to its start, for a restart). Returns each row's position."""
+    saved, tentative, initial = snapshots
     barlines = nxt == guard.bar_id
     if done is not None:
         barlines &= ~done
-    if not bool(barlines.any()):
+    if not guard.pending and not bool(barlines.any()):
         return at
     at = at.clone()
-    new_bar, back, restart = [], [], []
-    for r in barlines.nonzero().squeeze(1).tolist():
-        tune, p = int(rows[r]), int(at[r])
-        verdict = guard.barline(tune, seq[tune, : p + 1].tolist(), forced=bool(keep[r]) if keep is not None else False)
+    new_bar, pend, promote, back, restart = [], [], [], [], []
+
+    def act(r: int, verdict: int, on_keep: list) -> None:
         if verdict == guard.NEW_BAR:
-            new_bar.append(r)
+            on_keep.append(r)
+        elif verdict == guard.PENDING:
+            pend.append(r)
         elif verdict == guard.RESTART:
             restart.append(r)
             at[r] = 0
         elif verdict > 0:
             back.append(r)
             at[r] = verdict
-    for chosen, source, save in ((new_bar, saved, True), (back, saved, False), (restart, initial, False)):
+
+    if guard.pending:
+        row_of = {tune: r for r, tune in enumerate(rows.tolist())}
+        for tune in list(guard.pending):
+            r = row_of.get(tune)
+            if r is None or (done is not None and bool(done[r])):
+                continue
+            act(r, guard.resolve(tune, int(nxt[r]), int(at[r])), promote)
+    for r in barlines.nonzero().squeeze(1).tolist():
+        if r in back or r in restart:
+            continue
+        tune, p = int(rows[r]), int(at[r])
+        forced = bool(keep[r]) if keep is not None else False
+        act(r, guard.barline(tune, seq[tune, : p + 1].tolist(), forced=forced), new_bar)
+    if promote:
+        saved.take(tentative, rows[torch.tensor(promote)])
+    for chosen, snapshot, save in ((new_bar, saved, True), (pend, tentative, True), (back, saved, False), (restart, initial, False)):
         if chosen:
             r = torch.tensor(chosen)
-            (source.save if save else source.restore)(state, r, rows[r])
+            (snapshot.save if save else snapshot.restore)(state, r, rows[r])
     return at
 
 
