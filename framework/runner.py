@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -23,6 +24,10 @@ from omegaconf import DictConfig
 from framework import checkpoints, devices, runs
 
 log = logging.getLogger(__name__)
+
+# Lightning 2.6 still checks `isinstance(spec, LeafSpec)`, which torch 2.1x deprecates: a warning on
+# every run that the user can do nothing about.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 # A DDP rank > 0 is started by Lightning as a new `python -m framework ...`; this variable tells it
 # the exact job (overrides and run directory), so it joins this run instead of composing a new one.
