@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from framework.errors import UserError
-from plugins.gasleak_lstm_svm.data import CsvDataModule, Series, SimulatorDataModule, Windows, label_runs, read_csv
+from plugins.gasleak_lstm_svm.data import CsvDataModule, Series, SimulatorDataModule, Windows, hard_ends, label_runs, read_csv
 from plugins.gasleak_lstm_svm.simulator import LeakEvent, simulate_series
 
 KEYS = ("time", "gas_concentration", "temperature", "humidity", "label")
@@ -174,3 +174,16 @@ def test_csv_million_rows_loads_fast(tmp_path):
     assert elapsed < 60, f"reading 1e6 rows took {elapsed:.1f} s"
     ws = Windows(series, 60, stride=10)
     assert len(ws) == n_series * len(range(59, per, 10))
+
+
+def test_hard_windows_before_a_leak_ends_are_optional():
+    n = 400
+    signal = np.tile(np.float32([50, 21, 45]), (n, 1))
+    label = np.zeros(n, np.int8)
+    label[200:300] = 1  # one leak, samples 200..299
+    ws = Windows([Series("s", signal, label, np.arange(n, dtype=float))], window=60, stride=1)
+    after = hard_ends(ws, follow=30)
+    assert after.tolist() == list(range(200, 230)) + list(range(300, 330))  # after the start and the end
+    both = hard_ends(ws, follow=30, before=20)
+    assert both.tolist() == list(range(180, 230)) + list(range(280, 330))  # and the 20 before each change
+    assert label[280:300].all()  # ... which, before the end, are the leak's last seconds

@@ -68,7 +68,7 @@ def trained(tmp_path_factory):
     enc = LSTMAutoencoder(**dm.model_kwargs())
     opt = torch.optim.Adam(enc.parameters(), 1e-3)
     for i, batch in enumerate(dm.train_dataloader()):
-        loss = enc._loss(batch)
+        loss = enc._losses(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -203,3 +203,54 @@ def test_svm_training_set_mixes_hard_and_leak_windows():
     # every sampled window is a real window of the data with its last-sample label
     i = np.flatnonzero(np.all(ws.signal[59:] == x[0, -1], axis=1))[0] + 59
     assert np.array_equal(ws.signal[i - 59 : i + 1], x[0]) and ws.label[i] == y[0]
+
+
+def _toy_batch(n: int = 32, seed: int = 0):
+    """Raw windows: half plain air (~50 ppm), half with gas rising over the last 10 s; label = leak."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.empty(n, 60, 3)
+    x[..., 0] = 50 + 2 * torch.randn(n, 60, generator=g)
+    x[..., 1], x[..., 2] = 21.0, 45.0
+    y = torch.arange(n) % 2
+    x[y == 1, -10:, 0] += torch.linspace(30, 300, 10)
+    return x, y
+
+
+def test_auxiliary_loss_is_configurable_and_trains_the_encoder():
+    torch.set_num_threads(1)  # tiny batches: more threads only spin on a busy CI box
+    kw = {"channel_mean": [4.0, 21.0, 45.0], "channel_std": [1.0, 1.0, 1.0]}
+    batch = _toy_batch()
+    torch.manual_seed(0)
+    plain = LSTMAutoencoder(**kw)  # aux_weight 0 (the Python default): a plain autoencoder
+    losses = plain._losses(batch)
+    assert plain.aux_head is None and set(losses) == {"recon", "loss"} and losses["loss"] == losses["recon"]
+    assert isinstance(LSTMAutoencoder(**kw, aux_weight=1.0).aux_head, torch.nn.Linear)  # aux_hidden 0: linear
+    torch.manual_seed(0)
+    aux = LSTMAutoencoder(**kw, aux_weight=5.0, aux_hidden=4)
+    assert isinstance(aux.aux_head, torch.nn.Sequential)  # one hidden layer of 4
+    losses = aux._losses(batch)
+    assert torch.isclose(losses["loss"], losses["recon"] + 5.0 * losses["aux"])
+    # same seed, same initial encoder and features: the head is not on the detector's path
+    assert torch.equal(plain.eval()(batch[0]), aux.eval()(batch[0]))
+    # the supervised term reaches the encoder's LSTM ...
+    aux.train().zero_grad()
+    losses["aux"].backward()
+    assert aux.lstm.weight_hh_l0.grad.abs().sum() > 0
+
+    # ... and the same 40 steps with it give other features, whose head now separates the toy classes
+    def train(model):
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(40):
+            loss = model.train()._losses(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model.eval()
+
+    first = float(losses["aux"])
+    torch.manual_seed(1)
+    train(plain)
+    torch.manual_seed(1)
+    train(aux)
+    assert float(aux._losses(batch)["aux"]) < 0.5 * first
+    assert not torch.allclose(plain(batch[0]), aux(batch[0]), atol=1e-3)

@@ -33,6 +33,7 @@ def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     assert "LSTM+SVM: validation accuracy" in proc.stdout and "pure SVM: validation accuracy" in proc.stdout
     metrics = last_json_line(proc.stdout)
     assert metrics["detector"] == "lstm_svm" and 0.5 <= metrics["lstm_svm/val_accuracy"] <= 1
+    assert metrics["autoencoder/val_aux"] > 0  # the default stage 1 has the auxiliary leak loss (model.aux_weight)
     rec = record(outputs)
     bundle = Path(rec["detector"])
     assert bundle.parent == Path(rec["run_dir"])

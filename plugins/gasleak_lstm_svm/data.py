@@ -111,14 +111,17 @@ class Windows(Dataset):
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def hard_ends(ws: Windows, follow: int = 30, jump: float = 0.5) -> np.ndarray:
+def hard_ends(ws: Windows, follow: int = 30, jump: float = 0.5, before: int = 0) -> np.ndarray:
     """Window ends (flat indices) that decide latency and false alarms: the ``follow`` samples after
     a label change (a leak starting or ending) or after a sharp jump of the gas reading
-    (|Δ log(1+ppm)| > ``jump``: bursts, glitches, dropouts). Every end has a full window behind it."""
+    (|Δ log(1+ppm)| > ``jump``: bursts, glitches, dropouts), and the ``before`` samples before a label
+    change (the last seconds of a leak, as its gas clears). Every end has a full window behind it."""
     gas = np.log1p(np.clip(ws.signal[:, 0], 0, None))
-    changes = np.concatenate([np.flatnonzero(np.diff(ws.label.astype(np.int8))), np.flatnonzero(np.abs(np.diff(gas)) > jump)]) + 1
-    ends = (changes[:, None] + np.arange(follow)[None]).ravel()
-    ends = ends[ends < len(ws.label)]
+    label_changes = np.flatnonzero(np.diff(ws.label.astype(np.int8))) + 1
+    jumps = np.flatnonzero(np.abs(np.diff(gas)) > jump) + 1
+    ends = np.concatenate([(np.concatenate([label_changes, jumps])[:, None] + np.arange(follow)[None]).ravel(),
+                           (label_changes[:, None] - np.arange(1, before + 1)[None]).ravel()])
+    ends = ends[(ends >= 0) & (ends < len(ws.label))]
     series = np.searchsorted(ws.offsets, ends, side="right") - 1
     return np.unique(ends[(ends - ws.offsets[series] >= ws.window - 1) & (ends < ws.offsets[series + 1])])
 
@@ -248,11 +251,12 @@ class GasDataModule(L.LightningDataModule):
 
     def __init__(self, window: int = WINDOW, train_stride: int = 10, val_stride: int = 30, eval_stride: int = 1,
                  batch_size: int = 32, num_workers: int = 0, log_gas: bool = True, max_train_windows: int | None = None,
-                 hard_windows: bool = True, seed: int = 0):
+                 hard_windows: bool = True, hard_before: int = 0, seed: int = 0):
         super().__init__()
         self.window, self.train_stride, self.val_stride, self.eval_stride = window, train_stride, val_stride, eval_stride
         self.batch_size, self.num_workers, self.log_gas = batch_size, num_workers, log_gas
         self.max_train_windows, self.seed, self.hard_windows = max_train_windows, seed, hard_windows
+        self.hard_before = hard_before
         self._series: dict[str, list[Series]] = {}
         self.train_set = self.val_set = self.test_set = None
 
@@ -278,7 +282,8 @@ class GasDataModule(L.LightningDataModule):
             self.train_set = self.windows("train")
             if self.hard_windows:  # also every window right after a leak starts/ends or the gas jumps
                 base = self.train_set
-                self.train_set = Windows(base.series, self.window, self.train_stride, extra_ends=np.setdiff1d(hard_ends(base), base.ends))
+                hard = hard_ends(base, before=self.hard_before)
+                self.train_set = Windows(base.series, self.window, self.train_stride, extra_ends=np.setdiff1d(hard, base.ends))
             if self.max_train_windows and len(self.train_set) > self.max_train_windows:
                 keep = np.random.default_rng(self.seed).choice(len(self.train_set), self.max_train_windows, replace=False)
                 self.train_set.ends = self.train_set.ends[np.sort(keep)]

@@ -9,6 +9,11 @@ of the newest samples can weigh more (``recent_boost``, ``recent_tau``): the las
 what a detector needs to confirm a leak quickly, and a plain average lets the bottleneck ignore them. The last feature
 layer has no ReLU: a ReLU there can leave features that are zero for every window.
 
+With ``aux_weight > 0`` a small head on the 8 features (linear, or ``aux_hidden`` units) also predicts
+each training window's leak label, and the loss is ``reconstruction + aux_weight * BCE``: the decoder
+still rebuilds the window, but the bottleneck must keep what separates a leak from a hard negative.
+The head only shapes training; the detector uses the 8 features (stage 2 is the SVM).
+
 Standardisation statistics (training data only; gas on a log1p scale so that 50 ppm air and a
 5000 ppm burst are both well resolved) are hyper-parameters, so every checkpoint carries them and
 loads with ``torch.load(weights_only=True)``.
@@ -41,6 +46,9 @@ class LSTMAutoencoder(L.LightningModule):
         weight_decay: float = 0.0,
         lr_factor: float = 0.5,
         lr_patience: int = 3,
+        aux_weight: float = 0.0,
+        aux_hidden: int = 0,
+        aux_pos_weight: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -59,6 +67,11 @@ class LSTMAutoencoder(L.LightningModule):
         self.decoder = nn.LSTM(decoder_hidden, decoder_hidden, 1, batch_first=True)
         self.out = nn.Linear(decoder_hidden, input_size)
         self.reverse_target = reverse_target
+        # optional supervised head on the 8 features (training only; the SVM remains stage 2)
+        self.aux_head = None
+        if aux_weight > 0:
+            self.aux_head = (nn.Sequential(nn.Linear(width, aux_hidden), nn.ReLU(), nn.Linear(aux_hidden, 1))
+                             if aux_hidden > 0 else nn.Linear(width, 1))
         # reconstruction weight per step: 1 + boost * exp(-age / tau), mean 1 (age 0 = newest sample)
         age = torch.arange(window - 1, -1, -1, dtype=torch.float32)
         w = 1.0 + recent_boost * torch.exp(-age / recent_tau)
@@ -80,29 +93,43 @@ class LSTMAutoencoder(L.LightningModule):
         return self.encode(self.standardise(x_raw))
 
     # -- the autoencoder --------------------------------------------------------------------------
-    def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
-        feats = self.encode(z)
+    def reconstruct(self, z: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.encode(z) if feats is None else feats
         seed = self.expand(feats).unsqueeze(1).expand(-1, z.shape[1], -1)
         dec, _ = self.decoder(seed.contiguous())
         return self.out(dec)
 
-    def _loss(self, batch) -> torch.Tensor:
-        x, _ = batch
+    def _losses(self, batch) -> dict[str, torch.Tensor]:
+        x, y = batch
         z = self.standardise(x.float())
-        err = (self.reconstruct(z) - (z.flip(1) if self.reverse_target else z)) ** 2
+        feats = self.encode(z)
+        err = (self.reconstruct(z, feats) - (z.flip(1) if self.reverse_target else z)) ** 2
         weight = self.step_weight.flip(1) if self.reverse_target else self.step_weight
-        return (err * weight).mean()
+        out = {"recon": (err * weight).mean()}
+        out["loss"] = out["recon"]
+        if self.aux_head is not None:
+            logit = self.aux_head(feats).squeeze(-1)
+            pos_weight = torch.tensor(self.hparams.aux_pos_weight, device=logit.device)
+            out["aux"] = nn.functional.binary_cross_entropy_with_logits(logit, y.float(), pos_weight=pos_weight)
+            out["loss"] = out["recon"] + self.hparams.aux_weight * out["aux"]
+        return out
+
+    def _log(self, stage: str, losses: dict, **kw):
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=True, on_epoch=True, **kw)
+        if "aux" in losses:  # the parts, when there is more than the reconstruction
+            self.log(f"{stage}/recon", losses["recon"], on_epoch=True, **kw)
+            self.log(f"{stage}/aux", losses["aux"], on_epoch=True, **kw)
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
-        return loss
+        losses = self._losses(batch)
+        self._log("train", losses, on_step=False)
+        return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self._loss(batch), prog_bar=True, on_epoch=True)
+        self._log("val", self._losses(batch))
 
     def test_step(self, batch, batch_idx):
-        self.log("test/loss", self._loss(batch), on_epoch=True)
+        self._log("test", self._losses(batch))
 
     def on_train_epoch_end(self):
         metrics = self.trainer.callback_metrics

@@ -25,13 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: int,
-                     positive_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     positive_fraction: float | None = None, hard_before: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Windows for the SVM, at most ``max_samples``, drawn without replacement so that about
     ``hard_fraction`` of them are "hard" (``data.hard_ends``: just after a leak starts or ends, or the
     gas reading jumps) and, when given, about ``positive_fraction`` are leak windows (leaks are rare
     in the data; a balanced sample moves the SVM's boundary towards recall and earlier alarms)."""
     rng = np.random.default_rng(seed)
-    hard = hard_ends(ws)
+    hard = hard_ends(ws, before=hard_before)
     ends = np.union1d(ws.ends, hard)
     is_hard = np.isin(ends, hard)
     pos = ws.label[ends] == 1
@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict:
     started = time.monotonic()
     s = dcfg.svm
     x, y = svm_training_set(dm.windows("train", stride=s.stride), s.max_samples, s.hard_fraction, cfg.seed,
-                            s.get("positive_fraction"))
+                            s.get("positive_fraction"), dm.hard_before)
     if len(np.unique(y)) < 2:
         raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
     xv, yv = dm.windows("val", stride=s.val_stride).arrays()
