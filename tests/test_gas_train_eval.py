@@ -28,12 +28,15 @@ def latest_run(outputs: Path, mode: str) -> Path:
 
 @pytest.mark.slow
 def test_train_then_evaluate_lstm_svm(run_cli, outputs):
-    proc = run_cli("task=gasleak", "train", *TINY)
+    proc = run_cli("task=gasleak", "train", *TINY, "detector.pure_svm.positive_fraction=0.1", "+detector.pure_svm.hard_fraction=0")
     assert "autoencoder epoch 0: train loss" in proc.stdout
     assert "LSTM+SVM: validation accuracy" in proc.stdout and "pure SVM: validation accuracy" in proc.stdout
     metrics = last_json_line(proc.stdout)
     assert metrics["detector"] == "lstm_svm" and 0.5 <= metrics["lstm_svm/val_accuracy"] <= 1
     assert metrics["autoencoder/val_aux"] > 0  # the default stage 1 has the auxiliary leak loss (model.aux_weight)
+    # each SVM is fitted on its own sample: detector.svm's 40% leak windows, the pure SVM's overrides
+    assert metrics["lstm_svm/train_leak_share"] == pytest.approx(0.4, abs=0.06)
+    assert metrics["svm/train_leak_share"] == pytest.approx(0.1, abs=0.04)
     rec = record(outputs)
     bundle = Path(rec["detector"])
     assert bundle.parent == Path(rec["run_dir"])

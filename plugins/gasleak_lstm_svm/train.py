@@ -14,7 +14,7 @@ import time
 import lightning.pytorch as pl
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from framework import checkpoints, runner, runs
 from framework.errors import UserError
@@ -53,6 +53,10 @@ def _scores(det, x: np.ndarray, y: np.ndarray) -> dict:
     tp, fp, fn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     return {"accuracy": float((pred == y).mean()), "f1": f1}
+
+
+def _sample_metrics(name: str, y: np.ndarray) -> dict:
+    return {f"{name}/train_windows": int(len(y)), f"{name}/train_leak_share": round(float(y.mean()), 4)}
 
 
 def set_threads(dcfg) -> None:
@@ -98,28 +102,38 @@ def run(cfg: DictConfig) -> dict:
     # stage 2: the SVMs on windows from the training days, scored on the validation days
     started = time.monotonic()
     s = dcfg.svm
-    x, y = svm_training_set(dm.windows("train", stride=s.stride), s.max_samples, s.hard_fraction, cfg.seed,
-                            s.get("positive_fraction"), dm.hard_before)
-    if len(np.unique(y)) < 2:
-        raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
+    # the pure SVM takes detector.svm with detector.pure_svm's keys on top (its own training sample)
+    pure = OmegaConf.merge(s, dcfg.get("pure_svm") or {})
+    samples = {}
+
+    def sample(c) -> tuple[np.ndarray, np.ndarray]:
+        key = (c.stride, c.max_samples, c.hard_fraction, c.get("positive_fraction"))
+        if key not in samples:
+            x, y = svm_training_set(dm.windows("train", stride=c.stride), c.max_samples, c.hard_fraction, cfg.seed,
+                                    c.get("positive_fraction"), dm.hard_before)
+            if len(np.unique(y)) < 2:
+                raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
+            log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
+            samples[key] = x, y
+        return samples[key]
+
     xv, yv = dm.windows("val", stride=s.val_stride).arrays()
-    log.info("stage 2: SVMs on %d windows (%.1f%% leak), validated on %d", len(y), 100 * y.mean(), len(yv))
-    svm_kwargs = dict(C=s.C, gamma=s.gamma, kernel=s.kernel, cv=s.calibration_cv)
     svm = None
     if kind == "svm" or dcfg.fallback_svm:
-        svm = SVMDetector(**svm_kwargs).fit(x, y)
+        svm = SVMDetector(C=pure.C, gamma=pure.gamma, kernel=pure.kernel, cv=pure.calibration_cv).fit(*sample(pure))
         val = _scores(svm, xv, yv)
-        print(f"pure SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f}", flush=True)
-        metrics |= {"svm/val_accuracy": val["accuracy"], "svm/val_f1": val["f1"]}
+        print(f"pure SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
+        metrics |= {"svm/val_accuracy": val["accuracy"], "svm/val_f1": val["f1"], **_sample_metrics("svm", sample(pure)[1])}
     detector = svm
     if kind == "lstm_svm":
-        detector = LSTMSVMDetector(encoder, fallback=svm, **svm_kwargs).fit(x, y)
+        detector = LSTMSVMDetector(encoder, fallback=svm, C=s.C, gamma=s.gamma, kernel=s.kernel,
+                                   cv=s.calibration_cv).fit(*sample(s))
         detector.encoder_checkpoint = best
         val = _scores(detector, xv, yv)
-        print(f"LSTM+SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f}", flush=True)
-        metrics |= {"lstm_svm/val_accuracy": val["accuracy"], "lstm_svm/val_f1": val["f1"]}
+        print(f"LSTM+SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
+        metrics |= {"lstm_svm/val_accuracy": val["accuracy"], "lstm_svm/val_f1": val["f1"],
+                    **_sample_metrics("lstm_svm", sample(s)[1])}
     metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
-    metrics["svm_train_windows"] = int(len(y))
 
     save_bundle(bundle_dir, detector, threshold, train_metrics=metrics, config={"data": str(cfg.data._target_)})
     runs.record_train(cfg, checkpoint=best, detector=str(bundle_dir))
