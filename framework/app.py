@@ -27,6 +27,9 @@ def run(cfg: DictConfig):
         for line in devices.report(dict(cfg.trainer)):
             log.info(line)
         log.info("task=%s mode=%s run dir: %s", cfg.task.name, cfg.mode, runs.run_dir())
+        redacted = runs.redact_secrets()
+        if redacted:
+            log.info("kept out of the saved config (%s): %s", runs.REDACTED, ", ".join(redacted))
     from framework.runner import job_scope
 
     with job_scope():

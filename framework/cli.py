@@ -99,7 +99,12 @@ def plan_resume(task: str, overrides: list[str]) -> list[str]:
     saved_dict = override_dict(saved)
     if saved_dict.get("task", task) != task:
         raise UserError(f"{ckpt_file} belongs to task {saved_dict['task']!r}, not {task!r}")
-    safe = set(default_config()["resume_safe_overrides"]) | {"mode", "task"}
+    secret = {key for key, value in saved_dict.items() if value == runs.REDACTED}  # not saved: given again
+    missing = sorted(secret - set(given))
+    if missing:
+        raise UserError(f"resuming {run_dir}: it ran with secret overrides that were not saved; give them again: "
+                        + " ".join(f"{key}=..." for key in missing))
+    safe = set(default_config()["resume_safe_overrides"]) | {"mode", "task"} | secret
     for key, value in given.items():
         if key not in safe and saved_dict.get(key) != value:
             before = f"{key}={saved_dict[key]}" if key in saved_dict else f"no {key} override"

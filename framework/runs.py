@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from framework import checkpoints
 from framework.errors import UserError
 
 RECORD = "runs.json"
+# A command-line override whose last key part ends like this is a secret (serve.token=...). Hydra
+# saves every override in the run's .hydra/ files; the job rewrites those entries to REDACTED.
+SECRET_KEY = re.compile(r"(token|password|passwd|secret|api_?key)$", re.IGNORECASE)
+REDACTED = "<redacted>"
 
 
 def run_dir() -> Path:
@@ -57,6 +62,59 @@ def record_train(cfg, checkpoint: str | os.PathLike | None, **artifacts: Any) ->
     entry["checkpoint"] = str(Path(checkpoint).resolve()) if checkpoint else None
     entry |= {k: str(v) for k, v in artifacts.items()}
     _update_record(cfg.paths.outputs, cfg.task.name, latest_train=entry)
+
+
+def is_secret(override: str) -> bool:
+    key, sep, value = override.lstrip("+~").partition("=")
+    return bool(sep) and value != REDACTED and bool(SECRET_KEY.search(key.rsplit(".", 1)[-1]))
+
+
+def redact_secrets() -> list[str]:
+    """Keep secrets given as overrides out of the files Hydra saved for this job (.hydra/ and, in a
+    multirun, the sweep's multirun.yaml). The running job keeps the real values. Returns their keys."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    secrets = [o for o in hc.overrides.task if is_secret(o)]
+    if not secrets:
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in secrets]
+
+    def redact_list(items):
+        return [f"{o.split('=', 1)[0]}={REDACTED}" if is_secret(o) else o for o in items]
+
+    def rewrite(path: Path, change) -> None:
+        if path.exists():
+            conf = OmegaConf.load(path)
+            conf = change(conf) or conf
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            OmegaConf.save(conf, tmp)
+            os.replace(tmp, path)
+
+    def hydra_file(conf) -> None:
+        conf.hydra.overrides.task = redact_list(conf.hydra.overrides.task)
+        job = conf.hydra.get("job")
+        if job and isinstance(job.get("override_dirname"), str):  # rebuilt as Hydra builds it
+            dirname = job.config.override_dirname
+            lines = sorted(o for o in conf.hydra.overrides.task
+                           if o.split("=", 1)[0].lstrip("+~") not in dirname.exclude_keys)
+            job.override_dirname = dirname.item_sep.join(lines).replace("=", dirname.kv_sep)
+
+    def job_config(conf) -> None:
+        for key in keys:
+            if OmegaConf.select(conf, key, default=None) is not None:
+                OmegaConf.update(conf, key, REDACTED, merge=False)
+
+    if hc.output_subdir is not None:
+        saved = Path(hc.runtime.output_dir) / hc.output_subdir
+        rewrite(saved / "overrides.yaml", lambda conf: OmegaConf.create(redact_list(list(conf))))
+        rewrite(saved / "hydra.yaml", hydra_file)
+        rewrite(saved / "config.yaml", job_config)
+    if hc.mode == RunMode.MULTIRUN:
+        rewrite(Path(hc.sweep.dir) / "multirun.yaml", lambda conf: hydra_file(conf) or job_config(conf))
+    return keys
 
 
 def latest_train(task: str, outputs: str | os.PathLike | None = None) -> dict | None:

@@ -3,6 +3,7 @@ from tests/plugin_fixture (a separate distribution: no core file names it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -108,6 +109,36 @@ def test_tiny_plugin_trains_and_other_mode_finds_its_checkpoint(tiny, outputs):
 
     predicted = last_json_line(tiny("task=tiny", "predict").stdout)  # default: latest train run's best checkpoint
     assert predicted["epoch"] == torch.load(record["checkpoint"], weights_only=True)["epoch"]
+
+
+def files_holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def test_secret_overrides_stay_out_of_saved_files(tiny, outputs):
+    secret, other = "s3cret-token-0123456789", "an0ther-token-9876543210"
+    proc = tiny("task=tiny", "train", "trainer.max_epochs=1", f"+serve.token={secret}")
+    assert "kept out of the saved config (<redacted>): serve.token" in proc.stderr + proc.stdout
+    (run,) = run_dirs(outputs)
+    assert "+serve.token=<redacted>" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["serve"]["token"] == "<redacted>"
+    # the job itself received the real value
+    predicted = last_json_line(tiny("task=tiny", "predict", f"+serve.token={secret}").stdout)
+    assert predicted["token_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+
+    # resuming needs the secret again (one line), then continues the run
+    assert_user_error(tiny("task=tiny", "train", "ckpt_path=last", "trainer.max_epochs=2", check=False),
+                      "secret overrides", "serve.token=...")
+    tiny("task=tiny", "train", "ckpt_path=last", "trainer.max_epochs=2", f"+serve.token={secret}")
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+    # a sweep over secrets: neither the sweep's multirun.yaml nor any job keeps one
+    tiny("task=tiny", "train", "-m", "trainer.max_epochs=1", f"+serve.token={secret},{other}", "+db.password=hunter2-hunter2")
+    (sweep,) = (outputs / "tiny" / "multirun" / "train").iterdir()
+    swept = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    assert {"+serve.token=<redacted>", "+db.password=<redacted>"} <= set(swept)
+    for text in (secret, other, "hunter2"):
+        assert files_holding(outputs, text) == [], text
 
 
 def test_bare_word_means_mode(tiny, outputs):
