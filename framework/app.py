@@ -22,6 +22,10 @@ def run(cfg: DictConfig):
     from framework import devices
 
     plugin = registry.check_mode(cfg.task.name, cfg.mode)
+    if cfg.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.torch_threads))
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         for line in devices.report(dict(cfg.trainer)):

@@ -141,6 +141,13 @@ def test_secret_overrides_stay_out_of_saved_files(tiny, outputs):
         assert files_holding(outputs, text) == [], text
 
 
+def test_torch_threads_applies_to_any_mode(tiny, outputs):
+    tiny("task=tiny", "train", "trainer.max_epochs=1")
+    for threads in (1, 2):
+        proc = tiny("task=tiny", "predict", f"torch_threads={threads}")
+        assert f"torch uses {threads} threads" in proc.stdout + proc.stderr
+
+
 def test_bare_word_means_mode(tiny, outputs):
     a = yaml.safe_load(tiny("task=tiny", "predict", "--cfg", "job").stdout)
     b = yaml.safe_load(tiny("task=tiny", "mode=predict", "--cfg", "job").stdout)
