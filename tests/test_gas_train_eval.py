@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import last_json_line
 
@@ -66,6 +67,19 @@ def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     metrics = last_json_line(proc.stdout)
     assert "lstm_svm/f1" not in metrics and "svm/f1" in metrics
     assert "LSTM not loaded" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_optuna_study_searches_stage_one(run_cli, outputs):
+    run_cli("task=gasleak", "train", "hparams_search=gasleak_optuna", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2", *TINY)
+    (sweep,) = (outputs / "gasleak" / "multirun" / "train").iterdir()
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"model.lr", "model.hidden_size", "model.dropout"}
+    trials = [j for j in sweep.iterdir() if j.name.isdigit()]
+    scores = [json.loads((j / "metrics.json").read_text())["autoencoder/best_model_score"] for j in trials]
+    assert len(scores) == 2 and result["best_value"] == pytest.approx(min(scores))
+    assert all((j / "detector" / "manifest.json").exists() for j in trials)  # each trial is a whole detector
 
 
 @pytest.mark.slow
