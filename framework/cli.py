@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from framework import registry, runs
+from framework.runs import override_key
 from framework.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -40,10 +41,6 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
             words.append(arg)
         i += 1
     return flags, overrides, words
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def override_dict(overrides: list[str]) -> dict[str, str]:

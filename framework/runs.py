@@ -64,9 +64,14 @@ def record_train(cfg, checkpoint: str | os.PathLike | None, **artifacts: Any) ->
     _update_record(cfg.paths.outputs, cfg.task.name, latest_train=entry)
 
 
+def override_key(override: str) -> str:
+    """`+a.b=1` -> `a.b`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def is_secret(override: str) -> bool:
-    key, sep, value = override.lstrip("+~").partition("=")
-    return bool(sep) and value != REDACTED and bool(SECRET_KEY.search(key.rsplit(".", 1)[-1]))
+    _, sep, value = override.partition("=")
+    return bool(sep) and value != REDACTED and bool(SECRET_KEY.search(override_key(override).rsplit(".", 1)[-1]))
 
 
 def redact_secrets() -> list[str]:
@@ -80,7 +85,7 @@ def redact_secrets() -> list[str]:
     secrets = [o for o in hc.overrides.task if is_secret(o)]
     if not secrets:
         return []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in secrets]
+    keys = [override_key(o) for o in secrets]
 
     def redact_list(items):
         return [f"{o.split('=', 1)[0]}={REDACTED}" if is_secret(o) else o for o in items]
@@ -98,8 +103,7 @@ def redact_secrets() -> list[str]:
         job = conf.hydra.get("job")
         if job and isinstance(job.get("override_dirname"), str):  # rebuilt as Hydra builds it
             dirname = job.config.override_dirname
-            lines = sorted(o for o in conf.hydra.overrides.task
-                           if o.split("=", 1)[0].lstrip("+~") not in dirname.exclude_keys)
+            lines = sorted(o for o in conf.hydra.overrides.task if override_key(o) not in dirname.exclude_keys)
             job.override_dirname = dirname.item_sep.join(lines).replace("=", dirname.kv_sep)
 
     def job_config(conf) -> None:

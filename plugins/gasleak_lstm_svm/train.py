@@ -104,35 +104,35 @@ def run(cfg: DictConfig) -> dict:
     s = dcfg.svm
     # the pure SVM takes detector.svm with detector.pure_svm's keys on top (its own training sample)
     pure = OmegaConf.merge(s, dcfg.get("pure_svm") or {})
-    samples = {}
 
-    def sample(c) -> tuple[np.ndarray, np.ndarray]:
-        key = (c.stride, c.max_samples, c.hard_fraction, c.get("positive_fraction"))
-        if key not in samples:
-            x, y = svm_training_set(dm.windows("train", stride=c.stride), c.max_samples, c.hard_fraction, cfg.seed,
-                                    c.get("positive_fraction"), dm.hard_before)
-            if len(np.unique(y)) < 2:
-                raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
-            log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
-            samples[key] = x, y
-        return samples[key]
+    def draw(c) -> tuple[np.ndarray, np.ndarray]:
+        x, y = svm_training_set(dm.windows("train", stride=c.stride), c.max_samples, c.hard_fraction, cfg.seed,
+                                c.get("positive_fraction"), dm.hard_before)
+        if len(np.unique(y)) < 2:
+            raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
+        log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
+        return x, y
+
+    def svm_kwargs(c) -> dict:
+        return dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv)
 
     xv, yv = dm.windows("val", stride=s.val_stride).arrays()
     svm = None
     if kind == "svm" or dcfg.fallback_svm:
-        svm = SVMDetector(C=pure.C, gamma=pure.gamma, kernel=pure.kernel, cv=pure.calibration_cv).fit(*sample(pure))
+        x, y = draw(pure)
+        svm = SVMDetector(**svm_kwargs(pure)).fit(x, y)
         val = _scores(svm, xv, yv)
         print(f"pure SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
-        metrics |= {"svm/val_accuracy": val["accuracy"], "svm/val_f1": val["f1"], **_sample_metrics("svm", sample(pure)[1])}
+        metrics |= {"svm/val_accuracy": val["accuracy"], "svm/val_f1": val["f1"], **_sample_metrics("svm", y)}
     detector = svm
     if kind == "lstm_svm":
-        detector = LSTMSVMDetector(encoder, fallback=svm, C=s.C, gamma=s.gamma, kernel=s.kernel,
-                                   cv=s.calibration_cv).fit(*sample(s))
+        x, y = draw(s)
+        detector = LSTMSVMDetector(encoder, fallback=svm, **svm_kwargs(s)).fit(x, y)
         detector.encoder_checkpoint = best
         val = _scores(detector, xv, yv)
         print(f"LSTM+SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
         metrics |= {"lstm_svm/val_accuracy": val["accuracy"], "lstm_svm/val_f1": val["f1"],
-                    **_sample_metrics("lstm_svm", sample(s)[1])}
+                    **_sample_metrics("lstm_svm", y)}
     metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
 
     save_bundle(bundle_dir, detector, threshold, train_metrics=metrics, config={"data": str(cfg.data._target_)})
