@@ -43,7 +43,9 @@ def run(cfg: DictConfig):
         print(json.dumps(metrics), flush=True)
     if cfg.get("optimized_metric"):
         if cfg.optimized_metric not in metrics:
-            raise KeyError(f"optimized_metric {cfg.optimized_metric!r} not in this run's metrics: {sorted(metrics)}")
+            # after the run's results are saved; stops a sweep before more trials fail the same way
+            raise UserError(f"optimized_metric {cfg.optimized_metric!r} is not among this run's metrics: "
+                            f"{', '.join(sorted(metrics))}")
         return metrics[cfg.optimized_metric]
     return metrics
 

@@ -77,6 +77,8 @@ def test_user_errors_are_one_line_exit_2(tiny, tmp_path):
     assert_user_error(tiny("task=tiny", "predict", check=False), "no trained tiny model")
     assert_user_error(tiny("task=tiny", "train", "mode=predict", check=False), "mode given twice")
     assert_user_error(tiny("task=tiny", "fail", check=False), "data path does not exist: /nowhere")
+    assert_user_error(tiny("task=tiny", "train", "trainer.max_epochs=1", "optimized_metric=val/nope", check=False),
+                      "optimized_metric 'val/nope' is not among this run's metrics", "best_model_score")
 
 
 def test_hydra_flags_pass_through(tiny):
