@@ -12,6 +12,7 @@ rather than after the 60 s it takes to fill a window.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import warnings
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framework.errors import UserError
+from plugins.gasleak_lstm_svm.features import N_BASE, N_INPUTS, InputSpec
 from plugins.gasleak_lstm_svm.simulator import LeakEvent, simulate_series
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,12 @@ class Windows(Dataset):
     which series each window comes from. Supports batched fetching (``__getitems__``).
     """
 
-    def __init__(self, series: list[Series], window: int = WINDOW, stride: int = 1, extra_ends: np.ndarray | None = None):
+    def __init__(self, series: list[Series], window: int = WINDOW, stride: int = 1, extra_ends: np.ndarray | None = None,
+                 spec: InputSpec | None = None):
         self.series = series
         self.window = window
+        self.spec = spec or InputSpec(window=window)
+        self._base_flat: np.ndarray | None = None
         lengths = np.array([len(s) for s in series], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
         self.signal = np.concatenate([s.signal for s in series]) if series else np.zeros((0, 3), np.float32)
@@ -98,17 +103,43 @@ class Windows(Dataset):
         """Raw windows (len(idx), window, 3) for window indices ``idx``."""
         return self.signal[self.ends[np.asarray(idx)][:, None] - self._back]
 
-    def arrays(self, idx=None) -> tuple[np.ndarray, np.ndarray]:
+    def baselines(self, idx) -> np.ndarray:
+        """(len(idx), 4) clean-air baselines of windows ``idx`` (``features.InputSpec``), computed
+        once per series for every possible window end, so any subset of ends can be looked up."""
+        if self._base_flat is None:
+            base = np.zeros((len(self.signal), N_BASE))
+            w = self.window
+            for i, s in enumerate(self.series):
+                if len(s) >= w:
+                    a = self.offsets[i]
+                    base[a + w - 1 : a + len(s)] = self.spec.baselines_for_series(s.signal, np.arange(w - 1, len(s)))
+            self._base_flat = base
+        return self._base_flat[self.ends[np.asarray(idx)]]
+
+    def at(self, ends: np.ndarray) -> "Windows":
+        """The same series with only the windows ending at ``ends`` (flat indices); shares the arrays
+        and the baselines (computed first, so every subset reuses them)."""
+        self.baselines(np.zeros(0, dtype=np.int64))
+        sub = copy.copy(self)
+        sub.ends = np.asarray(ends, dtype=np.int64)
+        sub.series_index = (np.searchsorted(self.offsets, sub.ends, side="right") - 1).astype(np.int32)
+        return sub
+
+    def arrays(self, idx=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw windows, their baselines and labels for window indices ``idx`` (all by default)."""
         idx = np.arange(len(self)) if idx is None else np.asarray(idx)
-        return self.gather(idx), self.y[idx]
+        return self.gather(idx), self.baselines(idx), self.y[idx]
+
+    def inputs(self, idx) -> np.ndarray:
+        """Model inputs (len(idx), window, 4): each window relative to its baseline."""
+        return self.spec.transform(self.gather(idx), self.baselines(idx))
 
     def __getitem__(self, i):
-        x, y = self.arrays([i])
-        return torch.from_numpy(x[0]), int(y[0])
+        x, y = self.__getitems__([i])
+        return x[0], int(y[0])
 
     def __getitems__(self, idx):
-        x, y = self.arrays(idx)
-        return torch.from_numpy(x), torch.from_numpy(y)
+        return torch.from_numpy(self.inputs(idx)), torch.from_numpy(self.y[np.asarray(idx)])
 
 
 def hard_ends(ws: Windows, follow: int = 30, jump: float = 0.5, before: int = 0) -> np.ndarray:
@@ -244,17 +275,25 @@ def _interpolate(chunk: np.ndarray) -> np.ndarray:
 class GasDataModule(L.LightningDataModule):
     """Windows for the autoencoder (stage 1) and arrays for the SVM (stage 2) from train/val/test series.
 
-    Subclasses implement ``load_series(split)``. Standardisation statistics come from the training
-    series only (gas on a log scale, see ``model.standardise``) and reach the model through
-    ``model_kwargs()``, so they are saved inside its checkpoint.
+    Subclasses implement ``load_series(split)``. Windows reach the model relative to their
+    clean-air baseline (``features.InputSpec``: ``window``, ``baseline_s``, ``baseline_quantile``);
+    the standardisation statistics of those inputs come from the training series only and reach
+    the model through ``model_kwargs()``, so they are saved inside its checkpoint. Fine-tuning
+    (``init_from=<bundle or checkpoint>``) keeps the checkpoint's inputs and statistics
+    (``adopt_checkpoint``).
     """
 
     def __init__(self, window: int = WINDOW, train_stride: int = 10, val_stride: int = 30, eval_stride: int = 1,
-                 batch_size: int = 32, num_workers: int = 0, log_gas: bool = True, max_train_windows: int | None = None,
-                 hard_windows: bool = True, hard_before: int = 0, seed: int = 0):
+                 batch_size: int = 32, num_workers: int = 0, baseline_s: int = 600, baseline_quantile: float = 0.1,
+                 max_train_windows: int | None = None, hard_windows: bool = True, hard_before: int = 0, seed: int = 0):
         super().__init__()
         self.window, self.train_stride, self.val_stride, self.eval_stride = window, train_stride, val_stride, eval_stride
-        self.batch_size, self.num_workers, self.log_gas = batch_size, num_workers, log_gas
+        self.batch_size, self.num_workers = batch_size, num_workers
+        try:
+            self.spec = InputSpec(window=window, baseline_s=baseline_s, quantile=baseline_quantile)
+        except ValueError as e:
+            raise UserError(f"data: {e}") from None
+        self._adopted: dict | None = None
         self.max_train_windows, self.seed, self.hard_windows = max_train_windows, seed, hard_windows
         self.hard_before = hard_before
         self._series: dict[str, list[Series]] = {}
@@ -274,7 +313,7 @@ class GasDataModule(L.LightningDataModule):
 
     def windows(self, split: str, stride: int | None = None) -> Windows:
         stride = stride or {"train": self.train_stride, "val": self.val_stride}.get(split, self.eval_stride)
-        return Windows(self.series(split), self.window, stride)
+        return Windows(self.series(split), self.window, stride, spec=self.spec)
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def setup(self, stage: str | None = None):
@@ -283,7 +322,8 @@ class GasDataModule(L.LightningDataModule):
             if self.hard_windows:  # also every window right after a leak starts/ends or the gas jumps
                 base = self.train_set
                 hard = hard_ends(base, before=self.hard_before)
-                self.train_set = Windows(base.series, self.window, self.train_stride, extra_ends=np.setdiff1d(hard, base.ends))
+                self.train_set = Windows(base.series, self.window, self.train_stride, extra_ends=np.setdiff1d(hard, base.ends),
+                                         spec=self.spec)
             if self.max_train_windows and len(self.train_set) > self.max_train_windows:
                 keep = np.random.default_rng(self.seed).choice(len(self.train_set), self.max_train_windows, replace=False)
                 self.train_set.ends = self.train_set.ends[np.sort(keep)]
@@ -291,13 +331,24 @@ class GasDataModule(L.LightningDataModule):
         if stage == "test" and self.test_set is None:
             self.test_set = self.windows("test", stride=self.val_stride)
 
+    def adopt_checkpoint(self, checkpoint: dict) -> None:
+        """Fine-tuning: keep the inputs and standardisation the checkpoint's model was trained with."""
+        hp = checkpoint.get("hyper_parameters", {})
+        if "inputs" not in hp:
+            raise UserError("init_from: not a gas-leak autoencoder checkpoint (no input settings)")
+        self.spec = InputSpec.from_dict(hp["inputs"])
+        self.window = self.spec.window
+        self._adopted = {k: hp[k] for k in ("channel_mean", "channel_std", "inputs")}
+
     def model_kwargs(self) -> dict:
-        train = np.concatenate([s.signal for s in self.series("train")]).astype(np.float64)
-        if self.log_gas:
-            train[:, 0] = np.log1p(np.clip(train[:, 0], 0, None))
-        std = train.std(axis=0)
-        return {"channel_mean": train.mean(axis=0).tolist(), "channel_std": np.where(std > 1e-6, std, 1.0).tolist(),
-                "log_gas": self.log_gas, "window": self.window}
+        if self._adopted is not None:
+            return dict(self._adopted)
+        ws = self.windows("train", stride=max(1, self.train_stride))
+        pick = np.random.default_rng(self.seed).choice(len(ws), min(len(ws), 20_000), replace=False)
+        x = ws.inputs(np.sort(pick)).reshape(-1, N_INPUTS).astype(np.float64)
+        std = x.std(axis=0)
+        return {"channel_mean": x.mean(axis=0).tolist(), "channel_std": np.where(std > 1e-6, std, 1.0).tolist(),
+                "inputs": self.spec.to_dict()}
 
     def _loader(self, ds: Windows, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
