@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framework.errors import UserError
-from plugins.gasleak_lstm_svm.simulator import LeakEvent, simulate_series
+from plugins.gasleak_lstm_svm.simulator import DomainRanges, LeakEvent, simulate_series
 
 log = logging.getLogger(__name__)
 
@@ -313,28 +313,48 @@ class GasDataModule(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
 
+def randomised_days(days: int, fraction: float) -> np.ndarray:
+    """Which of ``days`` days come from the randomised domain: round(days * fraction) of them,
+    halves down (a single day at 0.5 stays standard), spread evenly."""
+    d = np.arange(days)
+    return np.ceil((d + 1) * fraction - 0.5) > np.ceil(d * fraction - 0.5)
+
+
 class SimulatorDataModule(GasDataModule):
-    """Simulated days: train, validation and test are different seeds, hence different days."""
+    """Simulated days: train, validation and test are different seeds, hence different days.
+
+    ``domain_fraction`` of the train and validation days (and every test day with ``domain_test``)
+    come from the randomised domain (``simulator.DomainRanges``, overridden by ``domain``); their
+    series ids end in ``-domain`` and ``meta["domain"]`` holds the drawn sensor and site (None on
+    standard days). The default 0 is the standard simulator."""
 
     def __init__(self, seconds_per_day: int = 86400, train_days: int = 4, val_days: int = 1, test_days: int = 7,
                  leaks_per_hour: float = 1 / 6, min_leaks_per_day: int = 1, hard_negatives_per_hour: float = 1.0,
-                 start_hour: float = 0.0, seed: int = 0, **kwargs):
+                 start_hour: float = 0.0, seed: int = 0, domain_fraction: float = 0.0, domain_test: bool = False,
+                 domain: dict | None = None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.seconds_per_day, self.start_hour = seconds_per_day, start_hour
         self.days = {"train": train_days, "val": val_days, "test": test_days}
         self.leaks_per_hour, self.hard_negatives_per_hour = leaks_per_hour, hard_negatives_per_hour
         self.min_leaks_per_day = min_leaks_per_day
+        if isinstance(domain_fraction, bool) or not isinstance(domain_fraction, (int, float)) or not 0 <= domain_fraction <= 1:
+            raise UserError(f"data.domain_fraction must be a number from 0 to 1, got {domain_fraction!r}")
+        self.domain_fraction = {"train": domain_fraction, "val": domain_fraction, "test": 1.0 if domain_test else 0.0}
+        try:
+            self.domain = DomainRanges.from_dict(domain)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"data.domain: {e}") from None
 
     def load_series(self, split: str) -> list[Series]:
         base = {"train": 0, "val": 10_000, "test": 20_000}[split]  # disjoint seeds per split
         out = []
-        for day in range(self.days[split]):
+        for day, randomised in enumerate(randomised_days(self.days[split], self.domain_fraction[split])):
             sim = simulate_series(self.seconds_per_day, seed=self.seed * 100_000 + base + day, start_hour=self.start_hour,
                                   leaks_per_hour=self.leaks_per_hour, hard_negatives_per_hour=self.hard_negatives_per_hour,
-                                  min_leaks=self.min_leaks_per_day)
+                                  min_leaks=self.min_leaks_per_day, domain=self.domain if randomised else None)
             signal = np.column_stack([sim[c] for c in CHANNELS]).astype(np.float32)
-            out.append(Series(f"{split}-day{day}", signal, sim["label"], sim["time"], sim["events"],
-                              {"hard_negatives": sim["hard_negatives"]}))
+            out.append(Series(f"{split}-day{day}" + ("-domain" if randomised else ""), signal, sim["label"], sim["time"],
+                              sim["events"], {"hard_negatives": sim["hard_negatives"], "domain": sim["domain"]}))
         return out
 
 
