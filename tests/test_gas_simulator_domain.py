@@ -82,6 +82,15 @@ def test_backgrounds_and_leak_peaks_span_decades():
     assert min(peaks) < 5 and max(peaks) > 1000  # a few ppm above the background up to thousands
 
 
+def test_hard_negatives_scale_with_the_background():
+    standard = simulate_series(86400, seed=4, leaks=[], hard_negatives_per_hour=3.0)
+    laser = simulate_series(86400, seed=4, leaks=[], hard_negatives_per_hour=3.0, domain={"background_ppm": [2, 2]})
+    kinds = {h.kind for h in laser["hard_negatives"]}
+    assert {"cooking", "glitch", "dropout"} <= kinds
+    assert standard["gas_concentration"].max() > 200  # glitches of 200..3000 ppm on a 30..80 ppm background
+    assert laser["gas_concentration"].max() < 3000 * 2 / 55 + 10  # ... scaled to a 2 ppm one
+
+
 def test_coarse_cadence_holds_each_reading_on_the_1hz_grid():
     sim = simulate_series(1200, seed=2, domain={"sample_interval_s": [5, 5]})
     for channel in CHANNELS:
