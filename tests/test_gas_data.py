@@ -101,16 +101,20 @@ def test_csv_bad_rows_reported_and_skipped_or_interpolated(tmp_path, caplog):
         + "1,41,21,41,7,b\n"  # line 10: label not 0/1
         + "2,42,21,41,1,b\n"
     )
-    series, report = read_csv(path, "skip")
+    series, report = read_csv(path, "skip", resample="none")
     assert report.bad_lines == [4, 5, 6, 8, 10]
     assert "5 bad row(s)" in caplog.text and "lines 4, 5, 6, 8, 10" in caplog.text
     by_id = {s.series_id: s for s in series}
     assert by_id["a"].signal[:, 0].tolist() == [50, 51, 53]
     assert by_id["b"].label.tolist() == [0, 1]
+    # on the 1 Hz grid (the default, resample=hold) the seconds of skipped rows hold the reading before
+    by_id = {s.series_id: s for s in read_csv(path, "skip")[0]}
+    assert by_id["a"].signal[:, 0].tolist() == [50, 51, 51, 51, 51, 53] and by_id["b"].label.tolist() == [0, 0, 1]
 
     series, report = read_csv(path, "interpolate")
     a = {s.series_id: s for s in series}["a"]
-    assert a.signal.shape == (6, 3)  # the over-long line 5 is still dropped
+    assert a.signal.shape == (7, 3)  # the over-long line 5 is still dropped (its second holds the reading before)
+    assert {s.series_id: s for s in read_csv(path, "interpolate", resample="none")[0]}["a"].signal.shape == (6, 3)
     assert np.isfinite(a.signal).all()
     assert 51 < a.signal[2, 0] < 53 and a.signal[5, 1] == 20
 
