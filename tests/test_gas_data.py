@@ -62,10 +62,10 @@ def test_windows_are_labelled_by_their_last_sample():
     x, base, y = ws.arrays([0, 41, 40, 141])
     assert np.array_equal(x[0], signal[:60])  # oldest first, last sample is index 59
     assert y.tolist() == [0, 1, 0, 0]  # window 41 ends at sample 100, the first leak sample
-    assert base.shape == (4, 4)
+    assert base.shape == (4, 5)
     assert ws.series_index[-1] == 1 and np.array_equal(ws.gather([len(ws) - 1])[0], signal[-60:])
-    xb, yb = ws.__getitems__([1, 2, 3])  # the model's inputs: 4 channels relative to the baseline
-    assert xb.shape == (3, 60, 4) and yb.tolist() == [0, 0, 0]
+    xb, yb = ws.__getitems__([1, 2, 3])  # the model's inputs: 6 channels relative to the baseline
+    assert xb.shape == (3, 60, 6) and yb.tolist() == [0, 0, 0]
     assert np.allclose(xb.numpy(), ws.spec.transform(ws.gather([1, 2, 3]), ws.baselines([1, 2, 3])))
 
 
@@ -77,7 +77,7 @@ def test_simulator_datamodule_splits_are_different_days():
     assert all(not np.array_equal(flat[i], flat[j]) for i in range(4) for j in range(i + 1, 4))
     kw = dm.model_kwargs()
     ws = dm.windows("train")  # 710 windows: all of them enter the statistics
-    inputs = ws.inputs(np.arange(len(ws))).reshape(-1, 4).astype(np.float64)
+    inputs = ws.inputs(np.arange(len(ws))).reshape(-1, 6).astype(np.float64)
     assert np.allclose(kw["channel_mean"], inputs.mean(axis=0), rtol=1e-4, atol=1e-6)  # training data only
     assert np.allclose(kw["channel_std"], inputs.std(axis=0), rtol=1e-4)
     assert kw["inputs"] == dm.spec.to_dict()

@@ -197,7 +197,7 @@ def test_svm_training_set_mixes_hard_and_leak_windows():
     dm = SimulatorDataModule(seconds_per_day=6 * 3600, train_days=1, val_days=1, test_days=1, leaks_per_hour=0.5)
     ws = dm.windows("train", stride=2)
     x, base, y = svm_training_set(ws, 1500, 0.5, seed=0, positive_fraction=0.4)
-    assert x.shape == (1500, 60, 3) and base.shape == (1500, 4) and len(y) == 1500
+    assert x.shape == (1500, 60, 3) and base.shape == (1500, 5) and len(y) == 1500
     assert 0.3 < y.mean() < 0.5  # leaks are ~10% of these windows; the sample is rebalanced
     x2, _, y2 = svm_training_set(ws, 1500, 0.5, seed=0)
     assert y2.mean() < y.mean()
@@ -221,7 +221,7 @@ def _toy_batch(n: int = 32, seed: int = 0):
 
 def test_auxiliary_loss_is_configurable_and_trains_the_encoder():
     torch.set_num_threads(1)  # tiny batches: more threads only spin on a busy CI box
-    kw = {"channel_mean": [0.0, 0.0, 0.0, 0.0], "channel_std": [1.0, 1.0, 1.0, 1.0]}
+    kw = {"channel_mean": [0.0] * 6, "channel_std": [1.0] * 6}
     batch = _toy_batch()
     torch.manual_seed(0)
     plain = LSTMAutoencoder(**kw)  # aux_weight 0 (the Python default): a plain autoencoder

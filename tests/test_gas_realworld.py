@@ -26,13 +26,17 @@ def sim_series(seconds: int, seed: int, leaks, scale: float = 1.0, sid: str = "s
 
 
 def test_inputs_do_not_depend_on_the_sensors_scale_or_offset():
-    """Multiplying a sensor's readings (another unit, another gain) changes no model input."""
+    """Multiplying a sensor's readings (another unit, another gain) changes no relative input; only the
+    level channel (4) moves, by the log of the gain."""
     s = sim_series(1800, 1, [LeakEvent(1200, 1201, "seep", 300)])
     spec = InputSpec()
     ws = Windows([s], 60, 7, spec=spec)
     scaled = Windows([replace(s, signal=s.signal * np.array([40.0, 1, 1], np.float32))], 60, 7, spec=spec)
     idx = np.arange(len(ws))
-    assert np.allclose(ws.inputs(idx), scaled.inputs(idx), atol=1e-4)
+    relative = [0, 1, 2, 3, 5]
+    assert np.allclose(ws.inputs(idx)[..., relative], scaled.inputs(idx)[..., relative], atol=1e-4)
+    shift = scaled.inputs(idx)[..., 4] - ws.inputs(idx)[..., 4]  # log(1 + 40 g) - log(1 + g), g >= 15 ppm here
+    assert (shift > 3.0).all() and (shift <= np.log(40.0) + 1e-5).all()
     # temperature and humidity enter as changes: a room 5 °C warmer looks the same
     warmer = Windows([replace(s, signal=s.signal + np.array([0, 5.0, 0], np.float32))], 60, 7, spec=spec)
     assert np.allclose(ws.inputs(idx), warmer.inputs(idx), atol=1e-4)

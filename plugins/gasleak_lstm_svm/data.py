@@ -104,7 +104,7 @@ class Windows(Dataset):
         return self.signal[self.ends[np.asarray(idx)][:, None] - self._back]
 
     def baselines(self, idx) -> np.ndarray:
-        """(len(idx), 4) clean-air baselines of windows ``idx`` (``features.InputSpec``), computed
+        """(len(idx), 5) clean-air baselines of windows ``idx`` (``features.InputSpec``), computed
         once per series for every possible window end, so any subset of ends can be looked up."""
         if self._base_flat is None:
             base = np.zeros((len(self.signal), N_BASE))
@@ -131,7 +131,7 @@ class Windows(Dataset):
         return self.gather(idx), self.baselines(idx), self.y[idx]
 
     def inputs(self, idx) -> np.ndarray:
-        """Model inputs (len(idx), window, 4): each window relative to its baseline."""
+        """Model inputs (len(idx), window, 6): each window relative to its baseline."""
         return self.spec.transform(self.gather(idx), self.baselines(idx))
 
     def __getitem__(self, i):

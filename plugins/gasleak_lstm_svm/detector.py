@@ -1,7 +1,7 @@
 """Gas-leak detectors with a scikit-learn face, their fallbacks, the baselines, and safe persistence.
 
 Every detector scores raw windows (N, window, 3) (gas ppm, °C, %RH) together with each window's
-clean-air baseline (N, 4) from ``features.InputSpec``; the learned ones see the window relative to
+clean-air baseline (N, 5) from ``features.InputSpec``; the learned ones see the window relative to
 that baseline (``InputSpec.transform``), so a sensor's scale and drift do not matter:
 
 * ``LSTMSVMDetector`` ("PyTorch LSTM+SVM"): the trained autoencoder's encoder gives 8 features per
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from framework.errors import UserError
-from plugins.gasleak_lstm_svm.features import InputSpec
+from plugins.gasleak_lstm_svm.features import N_BASE, InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Detector:
     """Base: scikit-learn-like ``fit(windows, y, base)`` / ``predict_proba(windows, base)``.
 
     ``windows`` are raw (N, window, 3) readings (gas ppm, °C, %RH); ``base`` their clean-air
-    baselines (N, 4) from ``features.InputSpec`` (computed over the samples before each window;
+    baselines (N, 5) from ``features.InputSpec`` (computed over the samples before each window;
     when omitted, over the window itself, as for a series' first window). ``operating_point`` is
     the alert rule calibrated for this detector at training time ({"probability", "consecutive",
     ...}), None when it was not calibrated."""
@@ -138,8 +138,8 @@ class Detector:
         if base is None:
             base = self.spec.baseline_of_window(x)
         base = np.asarray(base, dtype=np.float64)
-        if base.shape != (len(x), 4):
-            raise ValueError(f"base must have shape ({len(x)}, 4), got {base.shape}")
+        if base.shape != (len(x), N_BASE):
+            raise ValueError(f"base must have shape ({len(x)}, {N_BASE}), got {base.shape}")
         return x, base
 
     def inputs(self, windows, base=None) -> np.ndarray:

@@ -13,10 +13,13 @@ sensor's units; these inputs are the same for all of them:
   sensor, and a perfectly flat signal must not divide by zero. While fewer than ``window`` samples
   precede the window (a series' first minutes, or after a gap), the baseline is taken over the
   series' first ``window`` samples.
-* per sample of the window, four channels: the gas rise in noise units ``asinh((gas - base) /
+* per sample of the window, six channels: the gas rise in noise units ``asinh((gas - base) /
   spread)``, the relative rise ``asinh((gas - base) / (0.05 * base))`` (a log scale above a 5 %
-  rise: a few ppm on 2 ppm and thousands on 50 both resolved), and temperature and humidity as
-  changes from their baseline (°C, %RH).
+  rise: a few ppm on 2 ppm and thousands on 50 both resolved), temperature and humidity as
+  changes from their baseline (°C, %RH), the level itself ``log(1 + ppm)`` (what a sensor's own
+  recordings can teach; the simulator's randomised backgrounds teach that it alone means little),
+  and "gas seen in the last minutes": the 90 % quantile of the baseline span over its baseline,
+  in noise units (a plume comes and goes; a window of a minute can fall between two gusts).
 
 The same code serves training, evaluation (``baselines_for_series``: rolling statistics over a
 whole series) and the live service (``baseline_of_history``: one window at a time from a sensor's
@@ -30,8 +33,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 N_RAW = 3       # gas ppm, °C, %RH
-N_INPUTS = 4    # rise (noise units), relative rise, Δ°C, Δ%RH
-N_BASE = 4      # baseline gas, spread, baseline °C, baseline %RH
+N_INPUTS = 6    # rise (noise units), relative rise, Δ°C, Δ%RH, log level, gas seen recently
+N_BASE = 5      # baseline gas, spread, baseline °C, baseline %RH, high quantile of gas
+HIGH_QUANTILE = 0.9  # "gas seen in the last minutes": a plume that crossed the sensor 10 % of the time
 IQR_TO_SIGMA = 1.349
 REL_FLOOR = 0.01     # spread >= 1 % of the baseline
 ABS_FLOOR = 1e-3     # ... and >= 0.001 ppm (a baseline of 0)
@@ -68,12 +72,12 @@ class InputSpec:
         return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile") if k in d})
 
     # ---- baselines -------------------------------------------------------------------------------
-    def _stats(self, gas_q, q25, q75, temp, hum) -> np.ndarray:
+    def _stats(self, gas_q, q25, q75, temp, hum, q_high) -> np.ndarray:
         spread = np.maximum((q75 - q25) / IQR_TO_SIGMA, np.maximum(REL_FLOOR * np.abs(gas_q), ABS_FLOOR))
-        return np.stack([gas_q, spread, temp, hum], axis=-1).astype(np.float64)
+        return np.stack([gas_q, spread, temp, hum, q_high], axis=-1).astype(np.float64)
 
     def baselines_for_series(self, signal: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """(len(ends), 4) baselines for the windows ending at ``ends`` (indices into one series)."""
+        """(len(ends), 5) baselines for the windows ending at ``ends`` (indices into one series)."""
         import pandas as pd
 
         ends = np.asarray(ends, dtype=np.int64)
@@ -85,13 +89,12 @@ class InputSpec:
         at = np.maximum(ends - w, w - 1)  # ... or, early in a series, covers its first w samples
         roll = frame.rolling(b, min_periods=1)
         gas = roll[0]
-        stats = self._stats(gas.quantile(self.quantile).to_numpy()[at], gas.quantile(0.25).to_numpy()[at],
-                            gas.quantile(0.75).to_numpy()[at], roll[1].median().to_numpy()[at],
-                            roll[2].median().to_numpy()[at])
-        return stats
+        return self._stats(gas.quantile(self.quantile).to_numpy()[at], gas.quantile(0.25).to_numpy()[at],
+                           gas.quantile(0.75).to_numpy()[at], roll[1].median().to_numpy()[at],
+                           roll[2].median().to_numpy()[at], gas.quantile(HIGH_QUANTILE).to_numpy()[at])
 
     def baseline_of_history(self, history: np.ndarray) -> np.ndarray:
-        """(4,) baseline of the newest window of ``history``: (n, 3) samples since the sensor's last
+        """(5,) baseline of the newest window of ``history``: (n, 3) samples since the sensor's last
         reset (the newest last; n >= window; only the last ``history`` samples are needed)."""
         h = np.asarray(history, dtype=np.float64)
         n, w = len(h), self.window
@@ -99,20 +102,20 @@ class InputSpec:
         # buffer holds exactly the baseline span and the window
         span = h[max(0, n - w - self.baseline_s): n - w] if n - w >= w else h[:w]
         gas = span[:, 0]
-        q, q25, q75 = np.quantile(gas, [self.quantile, 0.25, 0.75])
-        return self._stats(q, q25, q75, np.median(span[:, 1]), np.median(span[:, 2]))
+        q, q25, q75, qh = np.quantile(gas, [self.quantile, 0.25, 0.75, HIGH_QUANTILE])
+        return self._stats(q, q25, q75, np.median(span[:, 1]), np.median(span[:, 2]), qh)
 
     def baseline_of_window(self, windows: np.ndarray) -> np.ndarray:
         """Baselines when a window comes with no history: taken over the window itself (its series'
         first window). Used when a caller passes bare windows."""
         x = np.asarray(windows, dtype=np.float64)
-        q, q25, q75 = np.quantile(x[:, :, 0], [self.quantile, 0.25, 0.75], axis=1)
-        return self._stats(q, q25, q75, np.median(x[:, :, 1], axis=1), np.median(x[:, :, 2], axis=1))
+        q, q25, q75, qh = np.quantile(x[:, :, 0], [self.quantile, 0.25, 0.75, HIGH_QUANTILE], axis=1)
+        return self._stats(q, q25, q75, np.median(x[:, :, 1], axis=1), np.median(x[:, :, 2], axis=1), qh)
 
     # ---- inputs ----------------------------------------------------------------------------------
     @staticmethod
     def transform(windows: np.ndarray, base: np.ndarray) -> np.ndarray:
-        """Raw windows (N, W, 3) and their baselines (N, 4) -> model inputs (N, W, 4), float32."""
+        """Raw windows (N, W, 3) and their baselines (N, 5) -> model inputs (N, W, 6), float32."""
         x = np.asarray(windows, dtype=np.float64)
         b = np.asarray(base, dtype=np.float64)[:, None, :]
         rise = x[..., 0] - b[..., 0]
@@ -121,4 +124,6 @@ class InputSpec:
         out[..., 1] = np.arcsinh(rise / np.maximum(REL_UNIT * np.abs(b[..., 0]), b[..., 1]))
         out[..., 2] = x[..., 1] - b[..., 2]
         out[..., 3] = x[..., 2] - b[..., 3]
+        out[..., 4] = np.log1p(np.clip(x[..., 0], 0, None))
+        out[..., 5] = np.arcsinh((b[..., 4] - b[..., 0]) / b[..., 1])
         return out

@@ -1,7 +1,7 @@
 """The LSTM feature extractor, trained as the encoder of an autoencoder (stage 1 of the detector).
 
-inputs:  each window relative to the sensor's clean-air baseline (features.py: 4 channels)
-encoder: standardise -> LSTM(4 -> 50, 2 layers, dropout 0.2) -> last hidden state
+inputs:  each window relative to the sensor's clean-air baseline (features.py: 6 channels)
+encoder: standardise -> LSTM(6 -> 50, 2 layers, dropout 0.2) -> last hidden state
          -> Linear 50->32, ReLU -> Linear 32->16, ReLU -> Linear 16->8   (8 features per window)
 decoder: 8 -> Linear -> repeated over the window -> LSTM(50) -> Linear -> 3 channels per step
 
@@ -33,7 +33,7 @@ class LSTMAutoencoder(L.LightningModule):
         channel_mean: list[float],
         channel_std: list[float],
         inputs: dict | None = None,
-        input_size: int = 4,
+        input_size: int = 6,
         hidden_size: int = 50,
         num_layers: int = 2,
         dropout: float = 0.2,
@@ -80,7 +80,7 @@ class LSTMAutoencoder(L.LightningModule):
 
     # -- the detector's side ----------------------------------------------------------------------
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """Model inputs (B, T, 4: ``features.InputSpec.transform``) -> standardised."""
+        """Model inputs (B, T, 6: ``features.InputSpec.transform``) -> standardised."""
         return (x - self.mean) / self.std
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ class LSTMAutoencoder(L.LightningModule):
         return self.head(h[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Model inputs (B, T, 4) -> features (B, 8)."""
+        """Model inputs (B, T, 6) -> features (B, 8)."""
         return self.encode(self.standardise(x))
 
     # -- the autoencoder --------------------------------------------------------------------------
