@@ -232,7 +232,7 @@ def test_render_writes_every_format_and_survives_failures(tmp_path):
     assert on_disk == index
     audio = shutil.which("fluidsynth") and render.find_soundfont()
     for entry in (index["tunes"][0], index["tunes"][2]):
-        expected = {"abc", "mid", "musicxml", "svg", "png"} | ({"wav"} if audio else set())
+        expected = {"abc", "mid", "musicxml", "svg", "png"} | (set(render.AUDIO) if audio else set())
         assert set(entry["files"]) == expected, entry["errors"]
         files = {k: tmp_path / v for k, v in entry["files"].items()}
         assert all(p.is_file() and p.stat().st_size > 0 for p in files.values())
@@ -243,8 +243,13 @@ def test_render_writes_every_format_and_survives_failures(tmp_path):
         assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if audio:
             assert files["wav"].read_bytes()[:4] == b"RIFF"
+            assert files["ogg"].read_bytes()[:4] == b"OggS" and files["flac"].read_bytes()[:4] == b"fLaC"
+            # compact audio: Ogg Vorbis is a small fraction of the WAV, FLAC smaller than it too
+            assert files["ogg"].stat().st_size * 5 < files["wav"].stat().st_size
+            assert files["flac"].stat().st_size < files["wav"].stat().st_size
         else:
-            assert "apt-get install fluidsynth" in entry["errors"]["wav"]
+            for fmt in render.AUDIO:
+                assert "apt-get install fluidsynth" in entry["errors"][fmt]
     broken = index["tunes"][1]
     assert set(broken["files"]) == {"abc"}
     assert "svg" in broken["errors"] and "mid" in broken["errors"]
