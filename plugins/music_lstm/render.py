@@ -14,6 +14,7 @@ A tune that fails one format still gets the others; every failure is recorded in
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -200,9 +201,11 @@ def render_tunes(
     sample_rate: int = 22050,
     svg_scale: int = 40,
     write_index: bool = True,
+    svg: "SvgRenderer | None" = None,
 ) -> dict:
     """Write each tune's files into ``out_dir``; returns the index (also written as index.json/html
-    unless ``write_index`` is false: the studio keeps its own gallery index).
+    unless ``write_index`` is false: the studio keeps its own gallery index). ``svg``: a running
+    verovio worker to reuse (one is started for this call otherwise).
 
     ``tunes`` are dicts with at least ``name`` (file stem), ``abc`` (text) and ``title``; any other
     keys (label, checks, ...) are copied into the index. Failures are recorded per tune and format.
@@ -219,7 +222,7 @@ def render_tunes(
     if audio_formats and audio_off:
         log.warning(audio_off)
     entries = []
-    with SvgRenderer(scale=svg_scale) as svg:
+    with contextlib.nullcontext(svg) if svg is not None else SvgRenderer(scale=svg_scale) as svg:
         for tune in tunes:
             name = tune["name"]
             files: dict[str, str] = {}
@@ -240,7 +243,8 @@ def render_tunes(
             score = None
             if {"mid", "musicxml", "png", *AUDIO} & set(formats):
                 try:
-                    score = parse(tune["abc"])
+                    # as written: music21's re-barring can take minutes on a garbled tune, and hides its errors
+                    score = parse(tune["abc"], rebar=False)
                 except Exception as e:
                     reason = f"music21 cannot parse the tune: {type(e).__name__}"
                     for fmt in ("mid", "musicxml", "png", *AUDIO):
