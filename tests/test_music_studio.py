@@ -273,3 +273,53 @@ def test_serve_without_a_model_says_how_to_train_one(tmp_path):
     finally:
         out, _ = stop(proc)
     assert "no model yet: no trained music model" in "".join(proc.banner)
+
+
+# ---- the page, in Debian's chromium ---------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (scripts/install-system-deps.sh)")
+def test_page_streams_a_tune_onto_the_staff_and_plays_it(toy_checkpoint, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    proc, url = start_serve(tmp_path / "out", f"ckpt_path={toy_checkpoint}", "serve.render=[abc,mid,svg,ogg]")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelectorAll('#region option').length > 2")
+            page.select_option("#region", "irish")
+            page.fill("input[name=bars]", "16")
+            page.fill("input[name=form]", "AABB")
+            page.fill("input[name=seed]", "5")
+            page.click("#generate")
+            page.wait_for_selector(".tune .score svg")
+            page.wait_for_selector(".tune audio" if AUDIO else ".tune .actions a", timeout=60_000)
+            log = page.evaluate("window.studioLog")
+            drawn = [entry for entry in log if entry["event"] == "bar"]
+            assert len(drawn) >= 16  # the staff was drawn again as each bar arrived ...
+            assert 0 < drawn[0]["notes"] < drawn[-1]["notes"]  # ... and grew
+            assert log[-1]["event"] == "tune" and log[-1]["bars"] == 16
+            if AUDIO:
+                page.wait_for_function("document.querySelector('.tune audio').readyState >= 1", timeout=30_000)
+                assert page.evaluate("document.querySelector('.tune audio').duration") > 1
+                assert page.evaluate("document.querySelector('.tune audio').src").endswith(".ogg")
+            assert "16 bars" in page.inner_text(".tune .meta")
+            page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+            assert (tmp_path / "studio.png").stat().st_size > 10_000
+            # the gallery survives a reload
+            page.reload()
+            page.wait_for_selector(".tune .score svg")
+            assert page.locator(".tune").count() == 1
+            assert not errors, errors
+            browser.close()
+    finally:
+        stop(proc)

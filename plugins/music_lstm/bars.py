@@ -583,7 +583,7 @@ class BarGuard:
             if prefix:
                 self.forced.pop(tune, None)
                 barline = "|"
-        if not prefix:
+        if not prefix and not (first and self.tunes[tune].bars == 0):  # a '|' that opens the body closes no bar
             self._tell("bar", tune, self.text(ids[:p]) + barline)
 
     def _section_barline(self, tune: int, p: int, first: bool) -> str:
