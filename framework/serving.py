@@ -75,9 +75,10 @@ def swagger_ui_dir() -> Path:
     return Path(swagger_ui.__file__).with_name("static")
 
 
-def new_app(title: str, description: str = "", version: str = "1.0", token: str | None = None):
-    """A FastAPI app with offline docs at /docs (OpenAPI at /openapi.json) and ``state.token``."""
-    app = FastAPI(title=title, description=description, version=version, docs_url=None, redoc_url=None)
+def new_app(title: str, description: str = "", version: str = "1.0", token: str | None = None, **fastapi) -> FastAPI:
+    """A FastAPI app (``fastapi``: more of its arguments) with offline docs at /docs (OpenAPI at
+    /openapi.json) and the bearer token for :func:`require_bearer` in ``state.token``."""
+    app = FastAPI(title=title, description=description, version=version, docs_url=None, redoc_url=None, **fastapi)
     app.state.token = token
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_dir()), name="docs-assets")
 
@@ -148,25 +149,34 @@ class Server:
     def stopped_by(self) -> str:
         return self.received[0] if self.received else "duration elapsed"
 
-    def __enter__(self) -> "Server":
+    def start(self) -> "Server":
+        """Serve in the background until :meth:`close` (``with Server(...)`` calls both)."""
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.thread.start()
         while not self.server.started and self.thread.is_alive():
             time.sleep(0.02)
         if not self.thread.is_alive():
-            self.__exit__(None, None, None)
+            self.close()
             raise UserError(f"the HTTP server on {self.url} failed to start (see the log)")
         return self
 
     def wait(self, duration: float | None = None) -> None:
         self.stop.wait(None if duration is None else float(duration))
 
-    def __exit__(self, *exc) -> None:
-        log.info("stopping the HTTP server (%s)", self.stopped_by)
+    def close(self) -> None:
+        """Let uvicorn finish its requests and stop; restore the signal handlers. Safe to call twice."""
         self.server.should_exit = True
-        self.thread.join(10)
+        if self.thread.ident is not None:
+            self.thread.join(10)
         self.sock.close()
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        log.info("stopping the HTTP server (%s)", self.stopped_by)
+        self.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -174,7 +173,7 @@ def test_a_redrawn_bar_is_shown_then_replaced():
     redraws = [i for i, (kind, *_) in enumerate(heard) if kind == "redraw"]
     assert redraws
     for i in redraws:
-        _, tune, rejected, kept_before = heard[i]
+        _, _, rejected, kept_before = heard[i]
         following = next(e for e in heard[i + 1:] if e[0] == "bar")
         assert following[3] == kept_before + 1  # the replacement is the bar that was rejected
         assert following[2] != rejected and following[2].count("|") == rejected.count("|")
@@ -271,7 +270,7 @@ def test_serve_without_a_model_says_how_to_train_one(tmp_path):
         status, body = get(url + "/api/tunes", data=b"{}")
         assert status == 503 and b"no trained music model" in body
     finally:
-        out, _ = stop(proc)
+        stop(proc)
     assert "no model yet: no trained music model" in "".join(proc.banner)
 
 

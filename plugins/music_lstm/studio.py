@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -149,7 +149,7 @@ class Studio:
 
                 torch.set_num_threads(int(g.threads))
             start = time.perf_counter()
-            results, _, out = write_tunes(
+            results, _, _ = write_tunes(
                 self.model, job["labels"], job["prompt"], job["length"], sampling, job["seed"],
                 fixes=list(g.get("repair") or []), header_defaults=self.header_defaults,
                 step_model=self.step_model, guard=guard,
