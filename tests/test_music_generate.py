@@ -328,7 +328,8 @@ def test_generate_end_to_end_writes_every_file(run_cli, tiny_checkpoint):
                 music21.converter.parse(str(path))
             if fmt == "svg":
                 ET.parse(path)
-        for fmt in render.FORMATS:  # every format is either written or its failure recorded
+        assert index["formats"] == ["abc", "mid", "musicxml", "svg", "png", "ogg"]  # compressed audio by default
+        for fmt in index["formats"]:  # every format asked for is either written or its failure recorded
             assert fmt in tune["files"] or fmt in tune["errors"]
     assert (run_dir / "index.html").read_text().count("<section>") == 3
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
@@ -347,6 +348,9 @@ def test_unknown_label_is_one_line_listing_the_labels(run_cli, tiny_checkpoint):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert "unknown label 'klingon'" in lines[0] and "german" in lines[0]
+    proc = run_cli("task=music", "generate", f"ckpt_path={checkpoint}", "generate.form=ABA", check=False, timeout=120)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "form 'ABA'" in lines[0], proc.stderr
 
 
 def test_best_of_candidates_keeps_the_best_and_renumbers():
