@@ -294,7 +294,7 @@ def run(cfg: DictConfig) -> dict:
         ["generation", f"{out.num_chars} chars in {out.seconds:.2f} s = {chars_per_s:.0f} chars/s ({'int8' if e.quantize else 'float32'}, batch {n})"],
     ]
     if guard is not None:
-        summary.insert(1, ["decoding", "bar-aware (bars.guard=true)"])
+        summary.insert(1, ["decoding", "bar-aware (bar_guard.enabled=true)"])
     if unguarded is not None:
         summary.insert(4, ["  without bar-aware decoding", f"parse {100 * unguarded['parse_share']:.1f}%, "
                            f"bars {100 * unguarded['bars_consistent_share']:.1f}%, "
