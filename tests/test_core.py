@@ -53,7 +53,7 @@ def assert_user_error(proc, *fragments: str) -> str:
 
 def test_list_and_info(tiny):
     listing = tiny("list").stdout
-    for task, modes in {"music": "train, generate, evaluate", "gasleak": "train, evaluate, demo, serve",
+    for task, modes in {"music": "train, generate, evaluate, serve", "gasleak": "train, evaluate, demo, serve",
                         "tiny": "train, predict, fail"}.items():
         assert f"  {task}:" in listing and f"modes: {modes}" in listing
     info = tiny("info").stdout

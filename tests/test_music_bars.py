@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from plugins.music_lstm import abc_check
-from plugins.music_lstm.bars import SHORT, BarGuard, TuneBars, bar_length, metre_length, note_length
+from plugins.music_lstm.bars import SHORT, BarGuard, Form, Section, TuneBars, bar_length, count_bars, metre_length, note_length
 from plugins.music_lstm.decoding import Sampling, State, generate
 from plugins.music_lstm.vocab import Vocabulary
 
@@ -84,7 +84,7 @@ def test_judge_rules_follow_the_check():
 # Decoding with a scripted model: it writes bars of "A"s and, after three notes, may close the bar
 # early (a beat short under M:2/4, L:1/8) or write the fourth note; after six bars it ends.
 
-VOCAB = Vocabulary.build(["M:2/4\nL:1/8\nK:C\nA|3"], ["x"])
+VOCAB = Vocabulary.build(["M:2/4\nL:1/8\nK:C\nA|3]"], ["x"])
 PROMPT = "M:2/4\nL:1/8\nK:C\n"
 
 
@@ -187,3 +187,119 @@ def test_a_short_bar_waits_for_the_next_character():
         else:
             assert verdict == marks[1] and guard.stats()["bars_resampled"] == 1  # back to the bar's start
         assert marks[0] == first_bar
+
+
+# ---------------------------------------------------------------------------------------------
+# Written bars and the tune's shape (generate.bars / generate.form / generate.min_bars)
+
+
+def test_count_bars_counts_as_a_score_numbers_bars():
+    assert count_bars("M:2/4\nL:1/8\nK:C\nA|AAAA|AAAA|AAAA|AAA|]") == 3  # pickup and short final bar: not counted
+    assert count_bars("M:2/4\nL:1/8\nK:C\n|:AAAA|AAAA:|:AAAA|AAAA:|") == 4  # repeats are not expanded
+    assert count_bars("M:2/4\nL:1/8\nK:C\nAAAA|AAAA|A2 B2") == 3  # the last bar needs no barline
+    assert count_bars("M:2/4\nL:1/8\nK:C\nAAAA|AA||AA|AAAA|]") == 3  # two halves around a section line: one bar
+    assert count_bars('M:2/4\nL:1/8\nK:C\n"A|m"AAAA|Z2|') == 3  # a string is no barline; Z2 rests two bars
+    assert count_bars("X:1\nT:t\nM:6/8\nK:G\nGAB cBA|dBG AFD|]") == 2
+
+
+def test_form_parses_sections_and_refuses_what_it_cannot_write():
+    aabb = Form.parse("AABB", 16)
+    assert [(s.letter, s.bars, s.repeat_start, s.repeat_end) for s in aabb.sections] == [
+        ("A", 8, True, True), ("B", 8, True, True)]
+    assert aabb.ends == [8, 16] and aabb.bars == 16
+    abab = Form.parse("abab", None)  # lower case is fine; 8 bars a section by default
+    assert [(s.letter, s.bars, s.repeat_start, s.repeat_end) for s in abab.sections] == [
+        ("A", 8, True, False), ("B", 8, False, True)]
+    assert [s.bars for s in Form.parse("AB", 12).sections] == [6, 6]
+    assert Form.parse(None, 12).sections == (Section("A", 12, False, False),)
+    assert Form.parse("", None) is None
+    for form, bars, message in (("AABB", 15, "does not divide"), ("ABA", None, "comes back"), ("AAAB", 24, "twice"),
+                                ("A-B", None, "section letters"), ("AB", 0, ">= 1")):
+        with pytest.raises(ValueError, match=message):
+            Form.parse(form, bars)
+
+
+class EndsEarly(ScriptedSteps):
+    """Writes full 4-note bars; after every barline it may end the tune (logit ``end``)."""
+
+    def __init__(self, end: float = -1.0):
+        super().__init__(always_four=True)
+        self.end = end
+
+    def step(self, tokens, state):
+        logits = super().step(tokens, state)
+        notes = state.h0[:, 0]
+        logits[notes == 0] = float("-inf")
+        logits[notes == 0, self.note] = 0.0
+        logits[notes == 0, self.eos] = self.end
+        return logits
+
+
+def _texts(out):
+    return [PROMPT + body for body in _bodies(out)]
+
+
+def test_form_writes_a_whole_tune_of_that_shape():
+    """AABB with 16 bars: the end token waits for the form; two 8-bar sections between repeat signs."""
+    guard = BarGuard(VOCAB.tokens, form=Form.parse("AABB", 16))
+    out = _run(guard, model=EndsEarly(end=2.0), n=4)  # left alone this model ends after a bar or two
+    section = "AAAA|" * 7 + "AAAA"
+    for text, ended in zip(_texts(out), out.ended):
+        assert ended
+        assert text == PROMPT + section + ":|:" + section + ":|", text
+        assert count_bars(text) == 16
+        check = abc_check.check(abc_check.fix_header(text, 1, "t")[0])
+        assert check.parses and check.bars_consistent and check.measures == 16
+
+    # ABAB: one repeat around both sections; AB: a section line, then the final barline
+    ab = _run(BarGuard(VOCAB.tokens, form=Form.parse("AB", 4)), model=EndsEarly(end=2.0), n=2)
+    assert _bodies(ab) == ["AAAA|AAAA||AAAA|AAAA|]"] * 2
+    abab = _run(BarGuard(VOCAB.tokens, form=Form.parse("ABAB", 4)), model=EndsEarly(end=2.0), n=2)
+    assert _bodies(abab) == ["AAAA|AAAA||AAAA|AAAA:|"] * 2
+
+
+class WithPickup(EndsEarly):
+    """Opens every tune with a one-note pickup bar ('A|'), then as EndsEarly."""
+
+    def step(self, tokens, state):
+        logits = super().step(tokens, state)
+        pickup = (state.h0[:, 1] == 0) & (state.h0[:, 0] == 1)
+        logits[pickup] = float("-inf")
+        logits[pickup, self.bar] = 0.0
+        return logits
+
+
+def test_form_opens_the_first_repeat_after_a_pickup():
+    out = _run(BarGuard(VOCAB.tokens, form=Form.parse("AA", 2)), model=WithPickup(end=2.0), n=2)
+    assert _bodies(out) == ["A|:AAAA|AAAA:|"] * 2
+    # without a pickup the first bar is inside the repeat already: no '|:' (ABC repeats from the start)
+    out = _run(BarGuard(VOCAB.tokens, form=Form.parse("AA", 2)), model=EndsEarly(end=2.0), n=2)
+    assert _bodies(out) == ["AAAA|AAAA:|"] * 2
+
+
+def test_a_tune_shorter_than_min_bars_is_drawn_again():
+    plain = _run(model=EndsEarly(end=-1.0), n=16, seed=2)
+    plain_bars = [count_bars(t) for t in _texts(plain)]
+    assert min(plain_bars) < 8  # this model often stops early
+
+    guard = BarGuard(VOCAB.tokens, min_bars=8, budget=20.0)
+    out = _run(guard, model=EndsEarly(end=-1.0), n=16, seed=2)
+    bars = [count_bars(t) for t in _texts(out)]
+    assert all(out.ended) and min(bars) >= 8, bars
+    assert guard.stats()["tunes_redrawn_short"] >= sum(b < 8 for b in plain_bars)
+
+
+def test_listener_hears_every_kept_bar_in_order_and_every_redraw():
+    events = []
+    guard = BarGuard(VOCAB.tokens, retries=20, budget=4.0, listener=lambda *e: events.append(e))
+    out = _run(guard, n=2)
+    for tune, text in enumerate(_texts(out)):
+        mine = [(kind, t, bars) for kind, i, t, bars in events if i == tune]
+        kept = [(t, bars) for kind, t, bars in mine if kind == "bar"]
+        # each kept bar extends the text kept before it; the last one is the whole tune
+        assert all(b[0].startswith(a[0]) for a, b in zip(kept, kept[1:]))
+        assert [bars for _, bars in kept] == sorted(bars for _, bars in kept)
+        assert text.startswith(kept[-1][0])
+        redraws = [i for i, (kind, _, _) in enumerate(mine) if kind == "redraw"]
+        assert all(mine[i + 1][0] in ("bar", "redraw") for i in redraws if i + 1 < len(mine))
+    assert any(kind == "redraw" for kind, *_ in events) and guard.stats()["bars_resampled"] > 0

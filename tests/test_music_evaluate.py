@@ -64,6 +64,10 @@ def test_evaluate_end_to_end_on_a_tiny_model(run_cli, tiny_checkpoint):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["style_chance"] == pytest.approx(1 / metrics["classifier_labels"])
     assert metrics["chars_per_second"] > 0
+    # bars per tune, generated against real tunes of the same label
+    assert metrics["real_bars_q1"] <= metrics["real_bars_median"] <= metrics["real_bars_q3"] and metrics["real_bars_median"] >= 1
+    assert 0.0 <= metrics["bars_under_8_share"] <= 1.0 and 0.0 <= metrics["real_bars_under_8_share"] <= 1.0
+    assert all(f"real_bars_median/{label}" in metrics for label in hparams["labels"])
     for label in hparams["labels"]:
         assert f"parse/{label}" in metrics
     # the table is printed

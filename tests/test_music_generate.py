@@ -232,7 +232,7 @@ def test_render_writes_every_format_and_survives_failures(tmp_path):
     assert on_disk == index
     audio = shutil.which("fluidsynth") and render.find_soundfont()
     for entry in (index["tunes"][0], index["tunes"][2]):
-        expected = {"abc", "mid", "musicxml", "svg", "png"} | ({"wav"} if audio else set())
+        expected = {"abc", "mid", "musicxml", "svg", "png"} | (set(render.AUDIO) if audio else set())
         assert set(entry["files"]) == expected, entry["errors"]
         files = {k: tmp_path / v for k, v in entry["files"].items()}
         assert all(p.is_file() and p.stat().st_size > 0 for p in files.values())
@@ -243,8 +243,13 @@ def test_render_writes_every_format_and_survives_failures(tmp_path):
         assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if audio:
             assert files["wav"].read_bytes()[:4] == b"RIFF"
+            assert files["ogg"].read_bytes()[:4] == b"OggS" and files["flac"].read_bytes()[:4] == b"fLaC"
+            # compact audio: Ogg Vorbis is a small fraction of the WAV, FLAC smaller than it too
+            assert files["ogg"].stat().st_size * 5 < files["wav"].stat().st_size
+            assert files["flac"].stat().st_size < files["wav"].stat().st_size
         else:
-            assert "apt-get install fluidsynth" in entry["errors"]["wav"]
+            for fmt in render.AUDIO:
+                assert "apt-get install fluidsynth" in entry["errors"][fmt]
     broken = index["tunes"][1]
     assert set(broken["files"]) == {"abc"}
     assert "svg" in broken["errors"] and "mid" in broken["errors"]
@@ -323,7 +328,8 @@ def test_generate_end_to_end_writes_every_file(run_cli, tiny_checkpoint):
                 music21.converter.parse(str(path))
             if fmt == "svg":
                 ET.parse(path)
-        for fmt in render.FORMATS:  # every format is either written or its failure recorded
+        assert index["formats"] == ["abc", "mid", "musicxml", "svg", "png", "ogg"]  # compressed audio by default
+        for fmt in index["formats"]:  # every format asked for is either written or its failure recorded
             assert fmt in tune["files"] or fmt in tune["errors"]
     assert (run_dir / "index.html").read_text().count("<section>") == 3
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
@@ -342,6 +348,9 @@ def test_unknown_label_is_one_line_listing_the_labels(run_cli, tiny_checkpoint):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert "unknown label 'klingon'" in lines[0] and "german" in lines[0]
+    proc = run_cli("task=music", "generate", f"ckpt_path={checkpoint}", "generate.form=ABA", check=False, timeout=120)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "form 'ABA'" in lines[0], proc.stderr
 
 
 def test_best_of_candidates_keeps_the_best_and_renumbers():

@@ -9,6 +9,7 @@ plugin = Plugin(
         "train": "framework.runner:train",
         "generate": "plugins.music_lstm.generate:run",
         "evaluate": "plugins.music_lstm.evaluate:run",
+        "serve": "plugins.music_lstm.studio:run",
     },
     conf_package="plugins.music_lstm.conf",
 )

@@ -183,6 +183,7 @@ class TuneBars:
         self.compound = self._compound(fields.get("M", defaults["M"]))
         self.bars = 0
         self.debt: Fraction | None = None  # what the bar after a short one must hold
+        self.count = 0  # written bars, as a score numbers them (see :meth:`_counts`)
 
     @staticmethod
     def _compound(metre: str | None) -> bool:
@@ -235,11 +236,24 @@ class TuneBars:
             return False
         return True if text.rstrip().endswith(":") else SHORT
 
+    def _counts(self, bar: Bar, length: Fraction, first: bool) -> int:
+        """How many written bars this one is, as a score numbers them: a pickup (a short first
+        bar) is not counted; two short bars around a section line are one; a bar of k whole bars
+        (a barline left out, a multi-bar rest) is k."""
+        if self.metre is None or _changes_length(bar) or self.debt is not None:
+            return 1
+        if 0 < length < self.metre:
+            return 0  # a pickup, or the first half of a split bar (the next one counts)
+        if length > 0 and length % self.metre == 0:
+            return int(length // self.metre)
+        return 1
+
     def _accept_one(self, text: str) -> None:
         try:
             bar = bar_length(text, self.unit, self.compound)
         except (Unreadable, ValueError, ZeroDivisionError):
             self.bars += 1
+            self.count += 1
             self.debt = None
             return
         if "M" in bar.fields:
@@ -252,12 +266,28 @@ class TuneBars:
         first = self.bars == 0
         self.bars += 1
         length = bar.length + bar.whole_bars * (self.metre or 0)
+        self.count += self._counts(bar, length, first)
         if first or self.metre is None or _changes_length(bar) or self.debt is not None:
             self.debt = None
         elif 0 < length < self.metre:
             self.debt = self.metre - length
         else:
             self.debt = None
+
+
+def count_bars(abc: str, defaults: dict | None = None) -> int:
+    """Written bars of a tune (header and body), counted as :class:`TuneBars` counts them while a
+    tune is written: repeats are not expanded, a pickup is not counted, a final bar without a
+    closing barline is."""
+    header, body = split_header(abc)
+    bars = TuneBars("\n".join(f"{k}:{v}" for k, v in header if k not in ("X", "T")), defaults)
+    for part in _strip_strings(body).split("|"):
+        bars.accept(part)
+    return bars.count
+
+
+def _strip_strings(text: str) -> str:
+    return re.sub(r'"[^"\n]*"', lambda m: " " * len(m.group(0)), text)
 
 
 def _changes_length(bar: Bar) -> bool:
@@ -274,6 +304,80 @@ def _split_double_colon(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The shape of a whole tune: generate.bars and generate.form
+
+DEFAULT_SECTION_BARS = 8  # a form without a bar count: eight bars a section, as most dance tunes
+
+
+@dataclass(frozen=True)
+class Section:
+    letter: str
+    bars: int
+    repeat_start: bool  # the section opens a repeat (|:)
+    repeat_end: bool  # the section closes a repeat (:|)
+
+
+@dataclass(frozen=True)
+class Form:
+    """The written sections of a tune, in order, each with its number of written bars.
+
+    ``AABB``: two sections, each written once between repeat signs (``|: A :|: B :|``); ``ABAB``:
+    ``|: A || B :|``; ``AB``: ``A || B |]``; a bar count alone is one section. Repeats are not
+    expanded: the bar count is the score's, so ``AABB`` with 16 bars is two 8-bar sections.
+    """
+
+    sections: tuple[Section, ...]
+
+    @property
+    def bars(self) -> int:
+        return sum(s.bars for s in self.sections)
+
+    @property
+    def ends(self) -> list[int]:
+        """The written-bar count at which each section ends."""
+        out, total = [], 0
+        for s in self.sections:
+            total += s.bars
+            out.append(total)
+        return out
+
+    @classmethod
+    def parse(cls, form: str | None = None, bars: int | None = None) -> "Form | None":
+        """The shape asked for by ``generate.form`` and/or ``generate.bars`` (None: the model's choice).
+        Raises ValueError with a message a user can act on."""
+        form = (form or "").strip().upper()
+        if bars is not None and int(bars) < 1:
+            raise ValueError(f"bars must be >= 1, got {bars}")
+        if not form:
+            return None if bars is None else cls((Section("A", int(bars), False, False),))
+        if not re.fullmatch(r"[A-Z]{1,16}", form):
+            raise ValueError(f"form {form!r}: use up to 16 section letters, e.g. AABB, ABAB, AB")
+        half = form[: len(form) // 2]
+        if len(form) % 2 == 0 and len(half) > 1 and half * 2 == form and len(set(half)) == len(half):
+            parts = [(half, True)]  # ABAB: the whole AB is repeated
+        else:
+            parts = [(m.group(0), len(m.group(0)) == 2) for m in re.finditer(r"(.)\1*", form)]
+            if any(len(run) > 2 for run, _ in parts):
+                raise ValueError(f"form {form!r}: a section is repeated at most twice in a row (AABB, not AAAB)")
+            parts = [(run[0], repeated) for run, repeated in parts]
+        letters = [letter for written, _ in parts for letter in written]
+        if len(set(letters)) != len(letters):
+            raise ValueError(f"form {form!r}: a section that comes back after another (ABA) is not supported; "
+                             "use repeats: AABB, ABAB, AABBCC")
+        if bars is None:
+            per = DEFAULT_SECTION_BARS
+        elif int(bars) % len(letters):
+            raise ValueError(f"bars={bars} does not divide into the {len(letters)} written sections of form {form!r}")
+        else:
+            per = int(bars) // len(letters)
+        sections = []
+        for written, repeated in parts:
+            for i, letter in enumerate(written):
+                sections.append(Section(letter, per, repeated and i == 0, repeated and i == len(written) - 1))
+        return cls(tuple(sections))
+
+
+# ---------------------------------------------------------------------------------------------
 # Bar-aware decoding
 
 
@@ -287,6 +391,19 @@ class BarGuard:
     sample the bar again from there. A bar gets ``retries`` new draws; when none fits, the tune
     starts again from its first token (:data:`RESTART`, at most ``restarts`` times); after that,
     or once a tune has thrown away ``budget`` times its length limit, a bar is kept as written.
+    ``judge=False`` keeps every bar as written (it still counts them, for ``form`` and ``min_bars``).
+
+    With a ``form`` (:class:`Form`) the tune is written to that shape: the end token is not
+    accepted (the decoder masks it, :attr:`end_banned`), nor a repeat sign of the model's own
+    (``:`` in the body, :attr:`colon_id`); when a section's last bar is closed, the guard writes
+    its barline (``:|``, ``||``, ``|:``, ``|]``) and, after the last one, the end token, as
+    :attr:`forced` tokens the decoder puts in place of its samples. Without a form, a tune that
+    ends with fewer than ``min_bars`` written bars is drawn again from its start, as long as its
+    budget lasts (:meth:`tune_end`).
+
+    ``listener(event, tune, text, bars)`` (optional) hears of every bar as the tune keeps it
+    (``"bar"``, ``text`` the tune so far with its barline), every bar drawn again (``"redraw"``,
+    ``text`` with the rejected bar) and every fresh start (``"restart"``); the studio streams them.
     """
 
     SAME_BAR, NEW_BAR, RESTART = -2, -1, 0  # RESTART: position 0, the tune's first token
@@ -299,29 +416,68 @@ class BarGuard:
         restarts: int = 2,
         budget: float = 2.0,
         header_defaults: dict | None = None,
+        judge: bool = True,
+        form: Form | None = None,
+        min_bars: int = 0,
+        listener=None,
     ):
         if "|" not in tokens:
             raise ValueError("the vocabulary has no '|': bar-aware decoding needs barlines")
+        if form is not None and not {":", "]"} <= set(tokens):
+            raise ValueError("the vocabulary has no ':' or ']': the model cannot write repeat signs for a form")
+        if int(retries) < 0 or int(restarts) < 0 or float(budget) < 0 or int(min_bars) < 0:
+            raise ValueError("retries, restarts, budget and min_bars must be >= 0")
+        self.tokens = tokens
         self.chars = [t if len(t) == 1 else "" for t in tokens]  # special and label tokens write nothing
         self.bar_id = tokens.index("|")
+        self.colon_id = tokens.index(":") if ":" in tokens else None
+        self.close_id = tokens.index("]") if "]" in tokens else None
+        self.eos_id = tokens.index("</s>") if "</s>" in tokens else None
         self.retries = int(retries)
         self.restarts = int(restarts)
         self.budget = float(budget)
         self.header_defaults = header_defaults
+        self.judging = bool(judge)
+        self.form = form
+        self.min_bars = 0 if form is not None else int(min_bars)
+        self.listener = listener
         self.reset(0, 0)
+
+    @property
+    def end_banned(self) -> bool:
+        """The decoder must not sample the end token: the form writes it."""
+        return self.form is not None
+
+    @property
+    def watches_ends(self) -> bool:
+        return self.min_bars > 0
 
     def reset(self, num_tunes: int, max_new: int) -> None:
         self.tunes: list[TuneBars | None] = [None] * num_tunes
         self.bar_start = [0] * num_tunes
         self.tries = [0] * num_tunes
-        self.pending: dict[int, tuple[int, str]] = {}  # tune -> (position of its '|', bar text)
+        self.pending: dict[int, tuple[int, str, list[int]]] = {}  # tune -> (position of its '|', bar text, tokens)
         self.restarted = [0] * num_tunes
         self.spent = [0] * num_tunes  # characters thrown away by resampling, per tune
+        self.section = [0] * num_tunes  # the form's section each tune is writing
+        self.forced: dict[int, dict[int, int]] = {}  # tune -> {position: token the form writes there}
         self.allowance = int(self.budget * max_new)
-        self.checked = self.resampled = self.kept_bad = self.restarts_made = 0
+        self.checked = self.resampled = self.kept_bad = self.restarts_made = self.redrawn_short = 0
 
     def text(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
+
+    def in_body(self, tune: int) -> bool:
+        """Has the tune written its first barline (so its header is done)?"""
+        return self.tunes[tune] is not None
+
+    def bars_written(self, tune: int) -> int:
+        bars = self.tunes[tune]
+        return 0 if bars is None else bars.count
+
+    def _tell(self, event: str, tune: int, text: str) -> None:
+        if self.listener is not None:
+            self.listener(event, tune, text, self.bars_written(tune))
 
     def barline(self, tune: int, ids: list[int], forced: bool = False) -> int:
         """``ids``: the tune's tokens up to and including the ``|`` it just wrote."""
@@ -332,10 +488,11 @@ class BarGuard:
             bars = self.tunes[tune] = TuneBars("\n".join(f"{k}:{v}" for k, v in header), self.header_defaults)
             bars.accept(body)
             self.bar_start[tune] = p
+            self._kept(tune, p, ids, first=True, prefix=forced)
             return self.NEW_BAR
         start = self.bar_start[tune]
         text = self.text(ids[start + 1 : p])
-        verdict = None if forced else bars.judge(text)
+        verdict = None if forced or not self.judging else bars.judge(text)
         if verdict is None and not forced:
             try:
                 bar = bar_length(text, bars.unit, bars.compound)
@@ -343,20 +500,52 @@ class BarGuard:
                     return self.SAME_BAR
             except (Unreadable, ValueError, ZeroDivisionError):
                 pass
+        if self.form is not None and verdict is not False and not forced:
+            # a bar that would run past the end of its section is drawn again like a wrong one
+            probe = copy.copy(bars)
+            probe.accept(text)
+            if probe.count > self.form.ends[min(self.section[tune], len(self.form.sections) - 1)]:
+                verdict = False
         if verdict == SHORT:
-            self.pending[tune] = (p, text)
+            self.pending[tune] = (p, text, ids)
             return self.PENDING
-        return self._decide(tune, p, text, verdict)
+        return self._decide(tune, p, text, verdict, ids, prefix=forced)
 
     def resolve(self, tune: int, token: int, p: int) -> int:
         """The character ``token`` written at ``p`` right after a pending short bar's ``|``: a
         section end (``||``, ``|]``, ``|:``) or the end of the tune keeps the bar (NEW_BAR, its
         barline at ``p - 1``); anything else sends the tune back like any rejected bar."""
-        bar_p, text = self.pending.pop(tune)
+        bar_p, text, ids = self.pending.pop(tune)
         char = self.chars[token]
-        return self._decide(tune, bar_p, text, char in SECTION_END or char == "", wasted_to=p)
+        return self._decide(tune, bar_p, text, char in SECTION_END or char == "", ids, wasted_to=p)
 
-    def _decide(self, tune: int, p: int, text: str, verdict, wasted_to: int | None = None) -> int:
+    def tune_end(self, tune: int, ids: list[int]) -> int:
+        """The tune wrote its end token (``ids`` up to before it): NEW_BAR keeps the ending;
+        RESTART draws a tune shorter than ``min_bars`` written bars again, budget allowing."""
+        bars = self.tunes[tune]
+        count = 0
+        if bars is not None:
+            probe = copy.copy(bars)
+            probe.accept(self.text(ids[self.bar_start[tune] + 1 :]))  # a last bar without a closing barline
+            count = probe.count
+        else:
+            count = count_bars(self.text(ids), self.header_defaults)
+        if count >= self.min_bars or self.spent[tune] + len(ids) > self.allowance:
+            return self.NEW_BAR
+        self.redrawn_short += 1
+        self.spent[tune] += len(ids)
+        self._start_over(tune)
+        self._tell("restart", tune, "")
+        return self.RESTART
+
+    def _start_over(self, tune: int) -> None:
+        self.tunes[tune], self.bar_start[tune], self.tries[tune] = None, 0, 0
+        self.section[tune] = 0
+        self.forced.pop(tune, None)
+        self.pending.pop(tune, None)
+
+    def _decide(self, tune: int, p: int, text: str, verdict, ids: list[int], wasted_to: int | None = None,
+                prefix: bool = False) -> int:
         bars, start = self.tunes[tune], self.bar_start[tune]
         if verdict is not None:
             self.checked += 1
@@ -366,6 +555,7 @@ class BarGuard:
                 self.tries[tune] += 1
                 self.spent[tune] += wasted
                 self.resampled += 1
+                self._tell("redraw", tune, self.text(ids[:p]) + "|")
                 return start
             # No draw of this bar fits: usually the tune's body does not follow its own header (a
             # reel under M:3/4). Start the tune again, header and all.
@@ -374,19 +564,58 @@ class BarGuard:
                 self.restarted[tune] += 1
                 self.restarts_made += 1
                 self.spent[tune] += end
-                self.tunes[tune], self.bar_start[tune], self.tries[tune] = None, 0, 0
+                self._start_over(tune)
+                self._tell("restart", tune, "")
                 return self.RESTART
             self.kept_bad += 1
         bars.accept(text)
         self.bar_start[tune] = p
         self.tries[tune] = 0
+        self._kept(tune, p, ids, prefix=prefix)
         return self.NEW_BAR
+
+    def _kept(self, tune: int, p: int, ids: list[int], first: bool = False, prefix: bool = False) -> None:
+        """A bar closed at ``p`` is kept: write the form's barline where a section ends, tell the listener.
+        In the prompt (``prefix``) the section is counted, but its barline is the prompt's own."""
+        barline = "|"
+        if self.form is not None:
+            barline = self._section_barline(tune, p, first)
+            if prefix:
+                self.forced.pop(tune, None)
+                barline = "|"
+        if not prefix and not (first and self.tunes[tune].bars == 0):  # a '|' that opens the body closes no bar
+            self._tell("bar", tune, self.text(ids[:p]) + barline)
+
+    def _section_barline(self, tune: int, p: int, first: bool) -> str:
+        sections, count = self.form.sections, self.tunes[tune].count
+        i = self.section[tune]
+        if first and count == 0 and sections[0].repeat_start:
+            self.forced[tune] = {p + 1: self.colon_id}  # |: after a pickup (or at the body's start)
+            return "|:"
+        if i >= len(sections) or count < self.form.ends[i]:
+            return "|"
+        section = sections[i]
+        last = i == len(sections) - 1
+        opens = not last and sections[i + 1].repeat_start
+        marks = ":|" if section.repeat_end else ("|]" if last else ("|:" if opens else "||"))
+        if section.repeat_end and opens:
+            marks = ":|:"
+        tokens = [self.colon_id if c == ":" else self.bar_id if c == "|" else self.close_id for c in marks]
+        forced = {p + k: t for k, t in enumerate(tokens)}
+        if last:
+            forced[p + len(tokens)] = self.eos_id
+        self.forced[tune] = forced
+        self.section[tune] = i + 1
+        return marks
 
     def describe(self) -> str:
         s = self.stats()
-        return (f"bar-aware decoding: {s['bars_checked']} bars checked, {s['bars_resampled']} drawn again, "
+        text = (f"bar-aware decoding: {s['bars_checked']} bars checked, {s['bars_resampled']} drawn again, "
                 f"{s['tunes_restarted']} tune restarts, {s['bars_kept_inconsistent']} kept off-metre; "
                 f"{s['chars_discarded']} characters thrown away")
+        if self.min_bars:
+            text += f"; {s['tunes_redrawn_short']} tunes under {self.min_bars} bars drawn again"
+        return text
 
     def stats(self) -> dict:
         return {
@@ -394,5 +623,6 @@ class BarGuard:
             "bars_resampled": self.resampled,
             "bars_kept_inconsistent": self.kept_bad,
             "tunes_restarted": self.restarts_made,
+            "tunes_redrawn_short": self.redrawn_short,
             "chars_discarded": sum(self.spent),
         }

@@ -371,9 +371,15 @@ def generate(
         saved, tentative, initial = _Saved(state), _Saved(state), _Saved(state)
         max_steps += guard.allowance  # resampled characters come out of each tune's allowance
     steps = 0
+    banned = None  # (n, V): tokens a tune may not sample now (its form writes them itself)
+    if guard is not None and guard.end_banned:
+        banned = torch.zeros(n, step_model.vocab_size, dtype=torch.bool)
+        banned[:, eos_id] = True
     for _ in range(max_steps):
         logits = step_model.step(tokens, state)
         steps += 1
+        if banned is not None:
+            logits.masked_fill_(banned if len(rows) == n else banned.index_select(0, rows), float("-inf"))
         noise = None
         if sampling.temperature > 0:
             noise = torch.empty(n, step_model.vocab_size).exponential_(generator=gen)
@@ -384,9 +390,12 @@ def generate(
         if steps < longest or (guard is not None and int(at.min()) < longest):  # feeding some prefix
             keep = forced[rows, at]
             nxt = torch.where(keep, seq[rows, at], nxt)
+        if guard is not None and guard.forced:
+            nxt = _force(guard, rows, at, nxt, keep)
         seq[rows, at] = nxt
         if guard is not None:
-            at = _referee(guard, seq, rows, at, nxt, keep, done if any_done else None, state, (saved, tentative, initial))
+            at = _referee(guard, seq, rows, at, nxt, keep, done if any_done else None, state, (saved, tentative, initial),
+                          eos_id, banned)
             nxt = seq[rows, at]
         if len(rows) == n:
             pos = (at + 1).clamp_(max=total)
@@ -429,15 +438,39 @@ def generate(
     return Generated(tokens=out, ended=ended.tolist(), seconds=seconds, steps=steps)
 
 
-def _referee(guard, seq, rows, at, nxt, keep, done, state, snapshots) -> torch.Tensor:
+def _force(guard, rows, at, nxt, keep) -> torch.Tensor:
+    """The tokens a tune's form writes itself (its section barlines, its end) replace the samples."""
+    nxt = nxt.clone()
+    row_of = {tune: r for r, tune in enumerate(rows.tolist())}
+    for tune, tokens in guard.forced.items():
+        r = row_of.get(tune)
+        if r is None or (keep is not None and bool(keep[r])):
+            continue
+        token = tokens.get(int(at[r]))
+        if token is not None:
+            nxt[r] = token
+    return nxt
+
+
+def _referee(guard, seq, rows, at, nxt, keep, done, state, snapshots, eos_id=None, banned=None) -> torch.Tensor:
     """Ask ``guard`` about every barline just written (and about the character after a pending
-    short bar); save the state where a new bar begins, send a tune whose bar is rejected back to
-    where that bar began (or to its start, for a restart). Returns each row's position."""
+    short bar, and about a tune's end when it watches ends); save the state where a new bar begins,
+    send a tune whose bar is rejected back to where that bar began (or to its start, for a restart).
+    Returns each row's position."""
     saved, tentative, initial = snapshots
     barlines = nxt == guard.bar_id
     if done is not None:
         barlines &= ~done
-    if not guard.pending and not bool(barlines.any()):
+    ends = None
+    if guard.watches_ends:
+        ends = nxt == eos_id
+        if keep is not None:
+            ends &= ~keep
+        if done is not None:
+            ends &= ~done
+        if not bool(ends.any()):
+            ends = None
+    if not guard.pending and ends is None and not bool(barlines.any()):
         return at
     at = at.clone()
     new_bar, pend, promote, back, restart = [], [], [], [], []
@@ -467,6 +500,19 @@ def _referee(guard, seq, rows, at, nxt, keep, done, state, snapshots) -> torch.T
         tune, p = int(rows[r]), int(at[r])
         forced = bool(keep[r]) if keep is not None else False
         act(r, guard.barline(tune, seq[tune, : p + 1].tolist(), forced=forced), new_bar)
+    if ends is not None:
+        for r in ends.nonzero().squeeze(1).tolist():
+            if r not in back and r not in restart:
+                act(r, guard.tune_end(int(rows[r]), seq[int(rows[r]), : int(at[r])].tolist()), [])
+    for r in new_bar + promote:
+        tune = int(rows[r])
+        token = guard.forced.get(tune, {}).get(int(at[r]))
+        if token is not None:  # the form's barline starts on the '|' just written (':' of ':|')
+            seq[tune, int(at[r])] = token
+    if banned is not None and guard.colon_id is not None and guard.form is not None:
+        for r in new_bar + restart:  # no repeat sign of the model's own once the body has begun
+            tune = int(rows[r])
+            banned[tune, guard.colon_id] = guard.in_body(tune)
     if promote:
         saved.take(tentative, rows[torch.tensor(promote)])
     for chosen, snapshot, save in ((new_bar, saved, True), (pend, tentative, True), (back, saved, False), (restart, initial, False)):

@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import UserError, checkpoints
 from plugins.music_lstm import abc_check
+from plugins.music_lstm.bars import count_bars
 from plugins.music_lstm.decoding import StepModel
-from plugins.music_lstm.generate import bar_guard, load_model, normalise_prompt, sampling_from, summarise, table, write_tunes
+from plugins.music_lstm.generate import bar_distribution, bar_guard, load_model, normalise_prompt, sampling_from, summarise, table, write_tunes
 from plugins.music_lstm.model import MusicLSTM
 
 log = logging.getLogger(__name__)
@@ -231,17 +232,28 @@ def run(cfg: DictConfig) -> dict:
             )
             unguarded = summarise(plain)
             metrics |= {
+                "unguarded_bars_median": unguarded["bars_median"],
+                "unguarded_bars_under_8_share": unguarded["bars_under_8_share"],
                 "unguarded_parse_share": unguarded["parse_share"],
                 "unguarded_bars_consistent_share": unguarded["bars_consistent_share"],
                 "unguarded_chars_per_second": plain_out.num_chars / max(plain_out.seconds, 1e-9),
             }
     predicted = classifier.predict([r.abc for r in results]) if classifier else [None] * len(results)
 
+    # 5. bars per tune, generated against real held-out tunes of the same label
+    real_bars = {label: [count_bars(t.text) for t in held_out if t.label == label] for label in vocab.labels}
+
+    def spread(d: dict) -> str:
+        return "-" if d["median"] is None else f"{d['median']:.0f} ({d['q1']:.0f}-{d['q3']:.0f}), {100 * d['under_8']:.0f}% < 8"
+
     rows = []
     totals = {"parse": 0, "bars": 0, "repaired": 0, "style": 0, "style_n": 0}
     for label in vocab.labels:
         mine = [(r, p) for r, p in zip(results, predicted) if r.label == label]
         n = len(mine)
+        made, real = bar_distribution([r.bars for r, _ in mine]), bar_distribution(real_bars[label])
+        metrics[f"bars_median/{label}"] = made["median"]
+        metrics[f"real_bars_median/{label}"] = real["median"]
         parse = sum(r.check.parses for r, _ in mine)
         bars = sum(r.check.bars_consistent for r, _ in mine)
         repaired = sum(bool(r.repairs) for r, _ in mine)
@@ -257,14 +269,18 @@ def run(cfg: DictConfig) -> dict:
         metrics[f"parse/{label}"] = parse / n
         metrics[f"bars/{label}"] = bars / n
         rows.append([label, n, f"{100 * parse / n:.0f}%", f"{100 * bars / n:.0f}%", f"{100 * repaired / n:.0f}%",
-                     f"{100 * style / n:.0f}%" if scored_style else "-"])
+                     f"{100 * style / n:.0f}%" if scored_style else "-", spread(made), spread(real)])
     n = len(results)
     chance = 1 / len(classifier.labels_) if classifier else None
     style_share = totals["style"] / totals["style_n"] if totals["style_n"] else None
+    made_all = bar_distribution([r.bars for r in results])
+    real_all = bar_distribution([c for label in vocab.labels for c in real_bars[label]])
     rows.append(["all", n, f"{100 * totals['parse'] / n:.0f}%", f"{100 * totals['bars'] / n:.0f}%",
-                 f"{100 * totals['repaired'] / n:.0f}%", f"{100 * style_share:.0f}% (chance {100 * chance:.0f}%)" if style_share is not None else "-"])
+                 f"{100 * totals['repaired'] / n:.0f}%", f"{100 * style_share:.0f}% (chance {100 * chance:.0f}%)" if style_share is not None else "-",
+                 spread(made_all), spread(real_all)])
     chars_per_s = out.num_chars / max(out.seconds, 1e-9)
-    log.info("\n%s", table(rows, ["label", "tunes", "parse", "bars ok", "repaired", "recognised as label"]))
+    log.info("\n%s", table(rows, ["label", "tunes", "parse", "bars ok", "repaired", "recognised as label",
+                                  "bars per tune: median (middle half), share < 8", f"real {split} tunes"]))
     summary = [
         ["bits per character", f"{bpc:.4f} ({split} split, {chars} chars)"],
         ["parse", f"{100 * totals['parse'] / n:.1f}%"],
@@ -272,15 +288,17 @@ def run(cfg: DictConfig) -> dict:
         ["needed repair", f"{100 * totals['repaired'] / n:.1f}%"],
         *([["real tunes: parse / bars", f"{100 * reference['reference_parse_share']:.1f}% / "
             f"{100 * reference['reference_bars_consistent_share']:.1f}% of {reference['reference_tunes']} held-out tunes"]] if reference else []),
+        ["bars per tune", f"{spread(made_all)} (real {split} tunes: {spread(real_all)})"],
         ["style recognised", f"{100 * style_share:.1f}% vs chance {100 * chance:.1f}%" if style_share is not None else "not scored"],
         ["classifier on real tunes", f"{100 * metrics['classifier_real_accuracy']:.1f}%" if classifier else "-"],
         ["generation", f"{out.num_chars} chars in {out.seconds:.2f} s = {chars_per_s:.0f} chars/s ({'int8' if e.quantize else 'float32'}, batch {n})"],
     ]
     if guard is not None:
-        summary.insert(1, ["decoding", "bar-aware (bars.guard=true)"])
+        summary.insert(1, ["decoding", "bar-aware (bar_guard.enabled=true)"])
     if unguarded is not None:
         summary.insert(4, ["  without bar-aware decoding", f"parse {100 * unguarded['parse_share']:.1f}%, "
-                           f"bars {100 * unguarded['bars_consistent_share']:.1f}%"])
+                           f"bars {100 * unguarded['bars_consistent_share']:.1f}%, "
+                           f"median {unguarded['bars_median']:.0f} bars a tune, {100 * unguarded['bars_under_8_share']:.0f}% < 8"])
     if candidates > 1:
         raw = summarise(every)
         summary.insert(3, [f"  over all {len(every)} candidates", f"parse {100 * raw['parse_share']:.1f}%, bars {100 * raw['bars_consistent_share']:.1f}%"])
@@ -288,6 +306,14 @@ def run(cfg: DictConfig) -> dict:
         metrics |= {"candidates": candidates, "raw_parse_share": raw["parse_share"], "raw_bars_consistent_share": raw["bars_consistent_share"]}
     log.info("\n%s", table(summary, ["evaluate", "value"]))
     metrics |= {
+        "bars_median": made_all["median"],
+        "bars_q1": made_all["q1"],
+        "bars_q3": made_all["q3"],
+        "bars_under_8_share": made_all["under_8"],
+        "real_bars_median": real_all["median"],
+        "real_bars_q1": real_all["q1"],
+        "real_bars_q3": real_all["q3"],
+        "real_bars_under_8_share": real_all["under_8"],
         "generated_tunes": n,
         "parse_share": totals["parse"] / n,
         "bars_consistent_share": totals["bars"] / n,

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import UserError, checkpoints, runs
 from plugins.music_lstm import abc_check, render
 from plugins.music_lstm.abc import label_slug
-from plugins.music_lstm.bars import BarGuard
+from plugins.music_lstm.bars import BarGuard, Form, count_bars
 from plugins.music_lstm.decoding import Generated, Sampling, StepModel, generate
 from plugins.music_lstm.model import MusicLSTM
 
@@ -70,21 +70,47 @@ def sampling_from(section) -> Sampling:
         raise UserError(str(e)) from None
 
 
-def bar_guard(section, model: MusicLSTM, header_defaults: dict | None = None) -> BarGuard | None:
-    """The ``bars:`` settings of a generate/evaluate section as a BarGuard (None when off)."""
-    bars = section.get("bars") or {}
-    if not bars.get("guard", False):
+CHARS_PER_BAR = 40  # room a requested bar gets in the length limit (the corpus averages about 12)
+
+
+def tune_form(section) -> Form | None:
+    """The shape ``bars``/``form`` of a generate section asks for (None: the model chooses)."""
+    bars = section.get("bars")
+    try:
+        return Form.parse(section.get("form"), None if bars is None else int(bars))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def length_for(length: int, form: Form | None) -> int:
+    """The length limit, raised so that a requested number of bars fits in it."""
+    return length if form is None else max(length, CHARS_PER_BAR * form.bars + 100)
+
+
+def bar_guard(section, model: MusicLSTM, header_defaults: dict | None = None, listener=None,
+              form: Form | None = None) -> BarGuard | None:
+    """The decoder's referee for a generate/evaluate section (None when nothing asks for one):
+    ``bar_guard`` redraws bars of the wrong length, ``form``/``bars`` give the tune its shape,
+    ``min_bars`` redraws a tune that ends too soon."""
+    settings = section.get("bar_guard") or {}
+    judge = bool(settings.get("enabled", False))
+    min_bars = int(section.get("min_bars") or 0)
+    if not judge and form is None and not min_bars and listener is None:
         return None
     try:
         return BarGuard(
             model.vocabulary.tokens,
-            retries=int(bars.get("retries", 4)),
-            restarts=int(bars.get("restarts", 2)),
-            budget=float(bars.get("budget", 2.0)),
+            retries=int(settings.get("retries", 4)),
+            restarts=int(settings.get("restarts", 2)),
+            budget=float(settings.get("budget", 2.0)),
             header_defaults=header_defaults,
+            judge=judge,
+            form=form,
+            min_bars=min_bars,
+            listener=listener,
         )
     except ValueError as e:
-        raise UserError(f"bars.guard: {e}") from None
+        raise UserError(f"bar_guard: {e}") from None
 
 
 def normalise_prompt(prompt: str | None) -> str:
@@ -109,6 +135,7 @@ class TuneResult:
     header_fixes: list[str]
     repairs: list[str]
     check: abc_check.Check
+    bars: int = 0  # written bars (bars.count_bars)
 
 
 def sample_tunes(
@@ -151,7 +178,7 @@ def finish_tunes(
         title = f"{label} {counters[label]}"
         repaired, repairs = abc_check.repair(text, truncated=not end, fixes=fixes)
         abc, header_fixes = abc_check.fix_header(repaired, index=i, title=title, defaults=header_defaults)
-        results.append(TuneResult(i, label, title, text, abc, end, header_fixes, repairs, abc_check.check(abc)))
+        results.append(TuneResult(i, label, title, text, abc, end, header_fixes, repairs, abc_check.check(abc), count_bars(abc)))
     return results
 
 
@@ -205,10 +232,23 @@ def write_tunes(
     return best_of(everything, candidates), everything, out
 
 
+def bar_distribution(counts: list[int], short: int = 8) -> dict:
+    """Median, quartiles and the share under ``short`` written bars."""
+    if not counts:
+        return {"median": None, "q1": None, "q3": None, "under_8": None}
+    import numpy as np
+
+    q1, median, q3 = (float(x) for x in np.percentile(counts, [25, 50, 75]))
+    return {"median": median, "q1": q1, "q3": q3, f"under_{short}": sum(c < short for c in counts) / len(counts)}
+
+
 def summarise(results: list[TuneResult]) -> dict:
     n = max(1, len(results))
+    bars = bar_distribution([r.bars for r in results])
     return {
         "tunes": len(results),
+        "bars_median": bars["median"],
+        "bars_under_8_share": bars["under_8"],
         "parse_share": sum(r.check.parses for r in results) / n,
         "bars_consistent_share": sum(r.check.bars_consistent for r in results) / n,
         "repaired_share": sum(bool(r.repairs) for r in results) / n,
@@ -249,9 +289,10 @@ def run(cfg: DictConfig) -> dict:
     log.info("model %s: %s, labels %s", path, model.vocabulary, ", ".join(model.vocabulary.labels))
     candidates = int(g.get("candidates") or 1)
     header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
-    guard = bar_guard(g, model, header_defaults)
+    form = tune_form(g)
+    guard = bar_guard(g, model, header_defaults, form=form)
     results, every, out = write_tunes(
-        model, labels, prompt, length, sampling, int(cfg.seed), candidates, fixes, header_defaults,
+        model, labels, prompt, length_for(length, form), sampling, int(cfg.seed), candidates, fixes, header_defaults,
         quantize=bool(g.quantize), guard=guard,
     )
     chars_per_s = out.num_chars / max(out.seconds, 1e-9)
@@ -270,6 +311,7 @@ def run(cfg: DictConfig) -> dict:
             "label": r.label,
             "abc": r.abc,
             "chars": len(r.raw) - len(prompt),
+            "bars": r.bars,
             "ended": r.ended,
             "header_fixes": r.header_fixes,
             "repairs": r.repairs,
@@ -282,17 +324,17 @@ def run(cfg: DictConfig) -> dict:
         tunes, out_dir, formats=formats, soundfont=g.get("soundfont"), sample_rate=int(g.get("sample_rate", 22050))
     )
     render_s = time.perf_counter() - start
-    if "wav" in formats and index["audio"].startswith("no .wav"):
+    if set(formats) & set(render.AUDIO) and index["audio"].startswith("no audio"):
         log.info(index["audio"])
 
     rows = []
     for r, entry in zip(results, index["tunes"]):
         rows.append([
-            entry["name"], entry["chars"], "yes" if r.ended else "limit",
+            entry["name"], entry["chars"], r.bars, "yes" if r.ended else "limit",
             "yes" if r.check.parses else "NO", "yes" if r.check.bars_consistent else "no",
             ",".join(r.repairs) or "-", ",".join(entry["files"]) or "-", ",".join(entry["errors"]) or "-",
         ])
-    log.info("\n%s", table(rows, ["tune", "chars", "ended", "parses", "bars ok", "repairs", "files", "failed"]))
+    log.info("\n%s", table(rows, ["tune", "chars", "bars", "ended", "parses", "bars ok", "repairs", "files", "failed"]))
     summary = summarise(results)
     if candidates > 1:
         raw = summarise(every)

@@ -1,18 +1,20 @@
-"""Render generated tunes so a person can look and listen: .abc, .mid, .musicxml, .svg, .png, .wav.
+"""Render generated tunes so a person can look and listen: .abc, .mid, .musicxml, .svg, .png, audio.
 
 - MIDI and MusicXML come from music21's score of the tune;
 - the staff notation (.svg) from verovio, which reads ABC itself. Verovio can crash its process on
   malformed input (a segfault, not an exception), so it runs in a child process; a crash costs that
   one tune its .svg, never the run;
 - the piano roll (.png) is drawn with matplotlib from music21's notes;
-- audio (.wav) is FluidSynth rendering the MIDI with a General-MIDI soundfont, when both exist.
+- audio is FluidSynth rendering the MIDI with a General-MIDI soundfont, when both exist, into
+  Ogg Vorbis (``ogg``, the default: a tenth of the WAV's size or less), FLAC (``flac``, lossless) or ``wav``.
 
 A tune that fails one format still gets the others; every failure is recorded in index.json.
-``index.html`` shows every tune's score and piano roll, with an audio player when there is a .wav.
+``index.html`` shows every tune's score and piano roll, with an audio player when there is audio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -25,7 +27,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("abc", "mid", "musicxml", "svg", "png", "wav")
+AUDIO = {"ogg": "oga", "flac": "flac", "wav": "wav"}  # format -> FluidSynth's file type (-T)
+FORMATS = ("abc", "mid", "musicxml", "svg", "png", *AUDIO)
 SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2")
 ENABLE_AUDIO = "apt-get install fluidsynth fluid-soundfont-gm"
 
@@ -43,7 +46,7 @@ def audio_tools(soundfont: str | None = None) -> tuple[str | None, str | None, s
     if binary and font:
         return binary, font, None
     missing = "FluidSynth" if not binary else f"a General-MIDI soundfont{f' at {soundfont}' if soundfont else ''}"
-    return binary, font, f"no .wav: {missing} not found; enable audio with `{ENABLE_AUDIO}`"
+    return binary, font, f"no audio: {missing} not found; enable audio with `{ENABLE_AUDIO}`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,9 +176,11 @@ def piano_roll(score, out: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def wav(midi: Path, out: Path, binary: str, soundfont: str, sample_rate: int = 22050, timeout: float = 120.0) -> None:
+def audio(midi: Path, out: Path, binary: str, soundfont: str, sample_rate: int = 22050, timeout: float = 120.0) -> None:
+    """FluidSynth renders the MIDI into ``out``; the file type follows its suffix (ogg, flac, wav)."""
+    kind = AUDIO[out.suffix.lstrip(".")]
     proc = subprocess.run(
-        [binary, "-ni", "-q", "-F", str(out), "-r", str(sample_rate), soundfont, str(midi)],
+        [binary, "-ni", "-q", "-T", kind, "-F", str(out), "-r", str(sample_rate), soundfont, str(midi)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -195,8 +200,12 @@ def render_tunes(
     soundfont: str | None = None,
     sample_rate: int = 22050,
     svg_scale: int = 40,
+    write_index: bool = True,
+    svg: "SvgRenderer | None" = None,
 ) -> dict:
-    """Write each tune's files into ``out_dir``; returns the index (also written as index.json/html).
+    """Write each tune's files into ``out_dir``; returns the index (also written as index.json/html
+    unless ``write_index`` is false: the studio keeps its own gallery index). ``svg``: a running
+    verovio worker to reuse (one is started for this call otherwise).
 
     ``tunes`` are dicts with at least ``name`` (file stem), ``abc`` (text) and ``title``; any other
     keys (label, checks, ...) are copied into the index. Failures are recorded per tune and format.
@@ -209,10 +218,11 @@ def render_tunes(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     binary, font, audio_off = audio_tools(soundfont)
-    if "wav" in formats and audio_off:
+    audio_formats = [f for f in formats if f in AUDIO]
+    if audio_formats and audio_off:
         log.warning(audio_off)
     entries = []
-    with SvgRenderer(scale=svg_scale) as svg:
+    with contextlib.nullcontext(svg) if svg is not None else SvgRenderer(scale=svg_scale) as svg:
         for tune in tunes:
             name = tune["name"]
             files: dict[str, str] = {}
@@ -231,31 +241,33 @@ def render_tunes(
 
             attempt("abc", lambda p: p.write_text(tune["abc"], encoding="utf-8"))
             score = None
-            if {"mid", "musicxml", "png", "wav"} & set(formats):
+            if {"mid", "musicxml", "png", *AUDIO} & set(formats):
                 try:
-                    score = parse(tune["abc"])
+                    # as written: music21's re-barring can take minutes on a garbled tune, and hides its errors
+                    score = parse(tune["abc"], rebar=False)
                 except Exception as e:
                     reason = f"music21 cannot parse the tune: {type(e).__name__}"
-                    for fmt in ("mid", "musicxml", "png", "wav"):
+                    for fmt in ("mid", "musicxml", "png", *AUDIO):
                         if fmt in formats:
                             errors[fmt] = reason
             if score is not None:
                 attempt("mid", lambda p: score.write("midi", fp=str(p)))
                 attempt("musicxml", lambda p: score.write("musicxml", fp=str(p)))
                 attempt("png", lambda p: piano_roll(score, p, tune.get("title", name)))
-                if "wav" in formats:
+                for fmt in audio_formats:
                     if audio_off:
-                        errors["wav"] = audio_off
+                        errors[fmt] = audio_off
                     elif "mid" in files:
-                        attempt("wav", lambda p: wav(out_dir / files["mid"], p, binary, font, sample_rate))
+                        attempt(fmt, lambda p: audio(out_dir / files["mid"], p, binary, font, sample_rate))
                     else:
-                        errors["wav"] = "no MIDI to render"
+                        errors[fmt] = "no MIDI to render"
             attempt("svg", lambda p: svg.render(tune["abc"], p))
             entries.append({**{k: v for k, v in tune.items() if k != "abc"}, "files": files, "errors": errors})
 
     index = {"tunes": entries, "formats": list(formats), "audio": audio_off or f"fluidsynth with {font}"}
-    (out_dir / "index.json").write_text(json.dumps(index, indent=2))
-    (out_dir / "index.html").write_text(index_html(index, out_dir))
+    if write_index:
+        (out_dir / "index.json").write_text(json.dumps(index, indent=2))
+        (out_dir / "index.html").write_text(index_html(index, out_dir))
     return index
 
 
@@ -276,8 +288,9 @@ def index_html(index: dict, out_dir: Path) -> str:
             parts.append(f"<div class=score>{svg_text}</div>")
         if "png" in files:
             parts.append(f'<img class=roll src="{html.escape(files["png"])}" alt="piano roll">')
-        if "wav" in files:
-            parts.append(f'<audio controls preload="none" src="{html.escape(files["wav"])}"></audio>')
+        sound = next((files[f] for f in AUDIO if f in files), None)
+        if sound:
+            parts.append(f'<audio controls preload="none" src="{html.escape(sound)}"></audio>')
         links = " · ".join(f'<a href="{html.escape(f)}">.{k}</a>' for k, f in files.items())
         parts.append(f"<p>{links}</p>")
         if t.get("errors"):

@@ -8,7 +8,6 @@ for status) comes in as ``ServiceSettings``. Write endpoints (ingest, acknowledg
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import math
 import time
@@ -22,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 
+from framework import serving
 from plugins.gasleak_lstm_svm.service.pipeline import IngestError, Pipeline
 from plugins.gasleak_lstm_svm.service.schemas import (
     SENSOR_ID_PATTERN, AlertOut, AlertsPage, IngestResult, Level, Reading, ReadingOut, ReadingsPage,
@@ -48,13 +48,7 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def require_token(request: Request, settings: Annotated[ServiceSettings, Depends(get_settings)]) -> None:
-    if not settings.token:
-        return
-    scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), settings.token.encode()):
-        raise HTTPException(401, "this endpoint needs `Authorization: Bearer <token>` (serve.token / GASLEAK_API_TOKEN)",
-                            headers={"WWW-Authenticate": "Bearer"})
+require_token = serving.require_bearer("serve.token / GASLEAK_API_TOKEN")  # the token is app.state.token
 
 
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
@@ -269,13 +263,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> FastAPI:
-    app = FastAPI(
+    app = serving.new_app(  # offline /docs
         title="Gas-leak detection service",
         description="Live readings in, leak alerts out: an LSTM+SVM detector with pure-SVM and threshold fallbacks.",
         version="1.0",
     )
     app.state.pipeline = pipeline
     app.state.settings = settings or ServiceSettings()
+    app.state.token = app.state.settings.token
     app.add_exception_handler(RequestValidationError, _validation_error)
     for router in (health, status, sensors, alerts, dashboard):
         app.include_router(router)

@@ -4,27 +4,23 @@
     python -m framework task=gasleak demo demo.duration=120  # stops by itself
     python -m framework task=gasleak serve mqtt.enabled=true # real sensors over MQTT and/or HTTP
 
-Both run uvicorn in a thread of this process and wait in the main thread for Ctrl-C, SIGTERM or
-``*.duration``; then they stop cleanly: the nodes stop, the HTTP server finishes its requests,
+Both run uvicorn in a thread of this process (framework/serving.py) and wait in the main thread
+for Ctrl-C, SIGTERM or ``*.duration``; then they stop cleanly: the nodes stop, the HTTP server finishes its requests,
 detection drains what was acknowledged, notifications go out, MQTT disconnects and SQLite is
 checkpointed and closed.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import signal
-import socket
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework import UserError, runs
+from framework import UserError, runs, serving
 
 log = logging.getLogger(__name__)
 
@@ -66,47 +62,12 @@ def _detector(cfg: DictConfig, train_if_missing: bool):
 
 
 # ---- the service ---------------------------------------------------------------------------------
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost may resolve to anything
-        return False
-
-
 def _token(cfg: DictConfig) -> str | None:
     token = cfg.serve.get("token") or os.environ.get(TOKEN_ENV) or None
-    host = str(cfg.serve.host)
-    if not _is_loopback(host) and not token:
-        raise UserError(f"serve.host={host} is not a loopback address: set {TOKEN_ENV} (or serve.token) so the "
-                        "write endpoints need a bearer token; refusing to start without one")
-    if token is not None and len(str(token)) < 16:
-        raise UserError(f"the API token is too short ({len(str(token))} characters); use at least 16")
-    return None if token is None else str(token)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another with serve.port=...)")
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return serving.check_token(str(cfg.serve.host), token, f"set {TOKEN_ENV} (or serve.token)")
 
 
 def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> dict:
-    import uvicorn
-
     from plugins.gasleak_lstm_svm.service.alerts import AlertRules
     from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
     from plugins.gasleak_lstm_svm.service.mqtt import MqttBridge
@@ -132,11 +93,10 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
         raise UserError(f"cannot open the storage {db_path}: {exc}")
     host = str(sc.host)
     try:
-        sock = _bind(host, int(sc.port))
+        sock = serving.bind(host, int(sc.port))
     except UserError:
         storage.close()
         raise
-    port = sock.getsockname()[1]
     bridge = None
     if mc.enabled:
         bridge = MqttBridge(str(mc.host), int(mc.port), topic_prefix=str(mc.topic_prefix), qos=int(mc.qos),
@@ -155,28 +115,11 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
 
     app = create_app(pipeline, ServiceSettings(token=token, max_batch=int(sc.max_batch),
                                                max_body_bytes=int(sc.max_body_bytes), bridge=bridge))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, log_level="warning",
-                                           timeout_graceful_shutdown=5, lifespan="off"))
-    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
-
-    stop = threading.Event()
-    received: list[str] = []
-
-    def on_signal(signum, frame):
-        received.append(signal.Signals(signum).name)
-        stop.set()
-        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C / SIGTERM ends it the hard way
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = serving.Server(app, sock)
     nodes = publisher = url = None
     t_start = time.time()
     try:
-        http.start()
-        while not server.started and http.is_alive():
-            time.sleep(0.02)
-        if not http.is_alive():
-            raise UserError(f"the HTTP server on {host}:{port} failed to start (see the log)")
-        url = _url(host, port)
+        url = server.start().url
         print(f"dashboard: {url}/", flush=True)
         print(f"API docs:  {url}/docs   status: {url}/api/status", flush=True)
         print(f"detector:  {pipeline.model_status()['model_type']} ({source}); alert at {rules.consecutive} windows "
@@ -205,14 +148,13 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
             nodes.start()
         duration = cfg.demo.duration if simulate else sc.get("duration")
         print("running" + (f" for {float(duration):g} s" if duration else "") + "; Ctrl-C or SIGTERM stops it", flush=True)
-        stop.wait(None if duration is None else float(duration))
+        server.wait(duration)
     finally:
-        why = received[0] if received else "duration elapsed"
+        why = server.stopped_by
         log.info("stopping (%s)", why)
         if nodes is not None:
             nodes.stop()
-        server.should_exit = True
-        http.join(10)
+        server.close()
         if bridge is not None:
             bridge.client.unsubscribe(f"{bridge.sensor_topic}/+")
         pipeline.stop()
@@ -221,8 +163,6 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
             if b is not None:
                 b.stop()
         storage.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     stats = pipeline.stats
     print(f"stopped ({why}): {stats['readings']} readings, {stats['windows_scored']} windows scored, "
           f"{stats['alerts_opened']} alerts; storage flushed to {db_path}", flush=True)
