@@ -57,8 +57,10 @@ def test_retention_prunes_old_readings_and_their_scores(tmp_path):
     storage = Storage(tmp_path / "prune.sqlite", retention_hours=1)
     try:
         now = time.time()
-        pipeline = Pipeline(ThresholdDetector(), storage, AlertRules())
-        pipeline.ingest(readings("old", 100, now - 3 * 3600), "http")
+        clock = [now - 3 * 3600]  # the old readings were fresh when they arrived
+        pipeline = Pipeline(ThresholdDetector(), storage, AlertRules(), clock=lambda: clock[0])
+        pipeline.ingest(readings("old", 100, now - 3 * 3600 - 100), "http")
+        clock[0] = now
         pipeline.ingest(readings("new", 100, now - 100), "http")
         pipeline.drain()
         assert storage.count_readings() == 200
@@ -80,7 +82,7 @@ def test_concurrent_writers_share_commits_and_lose_nothing(tmp_path):
 
         def writer(k):
             for i in range(100):
-                got = storage.insert_readings([(f"s{k}", float(i), 1.0, 2.0, 3.0)], "http")
+                got = storage.insert_readings([(f"s{k}", float(i), 1.0, 2.0, 3.0)], "http").ids
                 with lock:
                     ids.extend(got)
 
