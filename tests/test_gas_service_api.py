@@ -119,7 +119,7 @@ def test_alert_history_filters_and_pagination(svc):
     batch = []
     for k in range(5):  # five sensors, each with one leak incident
         batch += series(f"s{k}", 90, leak_from=70, t0=t0, leak_gas=700.0 if k % 2 else 1500.0)
-    assert c.post("/api/sensor/readings", json=batch).status_code == 413  # 450 > max_batch=200
+    assert c.post("/api/sensor/readings", json=batch).status_code == 422  # 450 > max_batch=200
     for k in range(0, len(batch), 90):
         assert c.post("/api/sensor/readings", json=batch[k:k + 90]).status_code == 201
     svc.pipeline.drain()
@@ -206,7 +206,7 @@ def test_malformed_json_and_size_limits(svc):
         r = c.post("/api/sensor/readings", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["message"].startswith("malformed JSON"), raw
     r = c.post("/api/sensor/readings", json=[reading() for _ in range(201)])
-    assert r.status_code == 413 and "limit of 200" in r.json()["message"]
+    assert r.status_code == 422 and "limit of 200" in r.json()["message"]
     big = json.dumps([reading(sensor="x" * 64) for _ in range(100)]) + " " * 200_000
     r = c.post("/api/sensor/readings", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "bytes" in r.json()["message"]

@@ -68,7 +68,7 @@ Until = Annotated[float | None, Query(ge=0, le=EPOCH_MAX, allow_inf_nan=False, d
 ERRORS = {code: {"model": ErrorOut, "description": text} for code, text in (
     (404, "no such resource"), (405, "method not allowed here"), (422, "a parameter or the body is invalid"))}
 WRITE_ERRORS = {code: {"model": ErrorOut, "description": text} for code, text in (
-    (401, "missing or wrong bearer token"), (413, "batch or body too large"))}
+    (401, "missing or wrong bearer token"), (413, "request body over serve.max_body_bytes"))}
 
 
 def _alert_out(alert: dict) -> AlertOut:
@@ -154,7 +154,9 @@ def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeli
     if not items:
         raise RequestValidationError([{"type": "too_short", "loc": prefix, "msg": "the batch is empty"}])
     if len(items) > settings.max_batch:
-        raise HTTPException(413, f"batch of {len(items)} readings is over the limit of {settings.max_batch} (serve.max_batch)")
+        # the limit is in the OpenAPI document (maxItems), so this is a validation error like any other
+        raise RequestValidationError([{"type": "too_long", "loc": prefix, "msg": f"batch of {len(items)} readings is "
+                                       f"over the limit of {settings.max_batch} (serve.max_batch)"}])
     try:
         readings = _READINGS.validate_python(items)
     except ValidationError as exc:  # one bad reading refuses the whole batch: nothing is stored
