@@ -32,12 +32,14 @@ TOKEN_ENV = "GASLEAK_API_TOKEN"
 
 
 def demo(cfg: DictConfig) -> dict:
+    _check_ports(cfg)
     _token(cfg)  # refuse an unprotected public bind before anything slow
     detector, source = _detector(cfg, train_if_missing=True)
     return _run_service(cfg, detector, source, simulate=True)
 
 
 def serve(cfg: DictConfig) -> dict:
+    _check_ports(cfg)
     _token(cfg)
     detector, source = _detector(cfg, train_if_missing=False)
     return _run_service(cfg, detector, source, simulate=False)
@@ -73,6 +75,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name other than localhost may resolve to anything
         return False
+
+
+def _check_ports(cfg: DictConfig) -> None:
+    for key in ("serve.port", "mqtt.port"):
+        port = OmegaConf.select(cfg, key)
+        if not 0 <= int(port) <= 65535:
+            raise UserError(f"{key}={port}: a TCP port is 0 to 65535")
 
 
 def _token(cfg: DictConfig) -> str | None:
