@@ -45,9 +45,9 @@ def wait_until(predicate, timeout=15.0, step=0.05) -> bool:
 class Broker:
     """mosquitto on a loopback port, from a config file (the form Debian's 2.0 accepts)."""
 
-    def __init__(self, tmp: Path, port: int):
+    def __init__(self, tmp: Path, port: int, extra: str = ""):
         self.port, self.conf = port, tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}")
         self.proc = None
 
     def start(self):

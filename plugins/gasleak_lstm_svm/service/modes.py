@@ -150,6 +150,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
     if mc.enabled:
         bridge = MqttBridge(str(mc.host), int(mc.port), topic_prefix=str(mc.topic_prefix), qos=int(mc.qos),
                             keepalive=int(mc.keepalive), reconnect_max_s=float(mc.reconnect_max_s),
+                            client_id=str(mc.client_id), session_expiry_s=int(mc.session_expiry_s),
                             username=mc.get("username"), password=mc.get("password") or os.environ.get("GASLEAK_MQTT_PASSWORD"))
     notifier = Notifier(wh.url, timeout_s=wh.timeout_s, retries=wh.retries, backoff_s=wh.backoff_s,
                         publish=bridge.publish_alert if bridge else None)
@@ -221,8 +222,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
             nodes.stop()
         server.should_exit = True
         http.join(10)
-        if bridge is not None:
-            bridge.client.unsubscribe(f"{bridge.sensor_topic}/+")
+        # no unsubscribe: the broker keeps queueing for this client's session until it is back
         pipeline.stop()
         notifier.close()
         for b in (publisher, bridge):
