@@ -267,6 +267,37 @@ def test_ddp_two_cpu_processes_one_output_dir(tiny, outputs):
     assert all((sweeps[0] / j / "metrics.json").exists() for j in jobs)
 
 
+DDP_CPU = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+           "trainer.enable_progress_bar=false")
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_the_music_model_with_its_batch_norm(run_cli, outputs, tmp_path):
+    tune = "X:{n}\nT:reel {n}\nM:4/4\nL:1/8\nK:D\n|:D2FA dAFA|B2GB dBGB|A2FA dAFA|BAGF E2D2:|\n\n"
+    (tmp_path / "abc" / "irish").mkdir(parents=True)
+    (tmp_path / "abc" / "irish" / "tunes.abc").write_text("".join(tune.format(n=n) for n in range(24)))
+    proc = run_cli("task=music", "train", "model=tiny", "data=abc_dir", f"data.path={tmp_path / 'abc'}", "data.seq_len=32",
+                   "data.batch_size=4", "data.batches_per_epoch=4", *DDP_CPU, timeout=300)
+    metrics = last_json_line(proc.stdout)
+    (run,) = run_dirs(outputs, "music")
+    assert metrics["epochs"] == 1 and "val/loss" in metrics and (run / "train_rank1.log").exists()
+    best = json.loads((outputs / "music" / "runs.json").read_text())["latest_train"]["checkpoint"]
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["norm"] == "batch"  # the default model's norm
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_the_gas_detector_and_fits_the_svms_once(run_cli, outputs):
+    from test_gas_train_eval import TINY
+
+    proc = run_cli("task=gasleak", "train", *TINY, *DDP_CPU, timeout=300)
+    metrics = last_json_line(proc.stdout)
+    (run,) = run_dirs(outputs, "gasleak")
+    assert metrics["autoencoder/epochs"] == 1 and (run / "train_rank1.log").exists()
+    assert proc.stdout.count("LSTM+SVM: validation accuracy") == 1  # stage 2 on rank 0 only
+    assert proc.stdout.count("pure SVM: validation accuracy") == 1
+    assert json.loads((run / "detector" / "manifest.json").read_text())["primary"] == "lstm_svm"
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 
