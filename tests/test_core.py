@@ -135,12 +135,40 @@ def test_secret_overrides_stay_out_of_saved_files(tiny, outputs):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
     # a sweep over secrets: neither the sweep's multirun.yaml nor any job keeps one
-    tiny("task=tiny", "train", "-m", "trainer.max_epochs=1", f"+serve.token={secret},{other}", "+db.password=hunter2-hunter2")
+    sweep_proc = tiny("task=tiny", "train", "-m", "trainer.max_epochs=1", f"+serve.token={secret},{other}",
+                      "+db.password=hunter2-hunter2")
+    assert "#0 : " in sweep_proc.stdout + sweep_proc.stderr  # Hydra printed the job's overrides ...
     (sweep,) = (outputs / "tiny" / "multirun" / "train").iterdir()
     swept = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
     assert {"+serve.token=<redacted>", "+db.password=<redacted>"} <= set(swept)
     for text in (secret, other, "hunter2"):
         assert files_holding(outputs, text) == [], text
+        assert text not in sweep_proc.stdout + sweep_proc.stderr, text  # ... without the secrets
+    shown = tiny("task=tiny", "train", "--cfg", "job", f"+serve.token={secret}", env={"GASLEAK_API_TOKEN": other})
+    assert yaml.safe_load(shown.stdout)["serve"]["token"] == "<redacted>" and secret not in shown.stdout + shown.stderr
+    resolved = tiny("task=tiny", "train", "--cfg", "job", "--resolve", "+serve.token=${oc.env:GASLEAK_API_TOKEN}",
+                    env={"GASLEAK_API_TOKEN": other})
+    assert other not in resolved.stdout + resolved.stderr
+
+
+def test_a_run_refused_before_training_is_not_the_one_to_resume(tiny, outputs, tmp_path):
+    tiny("task=tiny", "train", "trainer.max_epochs=1")
+    (first,) = run_dirs(outputs)
+    record = json.loads((outputs / "tiny" / "runs.json").read_text())
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"epoch": 0, "payload": _RunsCode()}, hostile)
+    assert_user_error(tiny("task=tiny", "train", f"ckpt_path={hostile}", check=False), "refused checkpoint")
+    time.sleep(1.1)  # run directories are named by the second
+    assert_user_error(tiny("task=tiny", "train", "data.path=/no/such/dir", check=False), "data path does not exist")
+    assert run_dirs(outputs) == [first]  # neither left a directory behind ...
+    assert json.loads((outputs / "tiny" / "runs.json").read_text()) == record  # ... nor became the latest run
+    out = tiny("task=tiny", "train", "ckpt_path=last", "trainer.max_epochs=2")
+    assert "resuming" in out.stderr and last_json_line(out.stdout)["epochs"] == 2 and run_dirs(outputs) == [first]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this-ran > /dev/null",))
 
 
 def test_torch_threads_applies_to_any_mode(tiny, outputs):
