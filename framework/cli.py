@@ -204,18 +204,20 @@ def check_types(plugin, overrides: list[str]) -> None:
     chosen = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()}"
               for o, group in zip(parsed, is_group) if group]
     defaults = compose(chosen)
-    kinds = {bool: "true or false", int: "an integer", float: "a number"}
     for o in values:
         default = OmegaConf.select(defaults, o.key_or_group, default=None, throw_on_resolution_failure=False)
-        kind = next((t for t in kinds if type(default) is t), None)
+        # A YAML default of 300 may well take 0.5: an integer default means a number, not an integer.
+        kind = "true or false" if type(default) is bool else "a number" if type(default) in (int, float) else None
         if kind is None:
             continue  # strings, lists, null defaults: anything goes, the plugin checks
         given = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         for value in given:
-            ok = value is None or type(value) is kind or (kind is float and type(value) is int) \
+            is_number = type(value) in (int, float)
+            ok = value is None or (type(value) is bool if type(default) is bool else is_number) \
                 or (isinstance(value, str) and value.startswith("${"))
             if not ok:
-                raise UserError(f"{o.key_or_group}={value}: {o.key_or_group} takes {kinds[kind]} (default {default})")
+                shown = str(value).lower() if isinstance(value, bool) else value
+                raise UserError(f"{o.key_or_group}={shown}: {o.key_or_group} takes {kind} (default {default})")
 
 
 def add_search_path(overrides: list[str], entry: str) -> list[str]:

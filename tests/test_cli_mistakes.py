@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_core import assert_user_error
 
 
@@ -26,12 +25,12 @@ def hostile_ckpt(tmp_path_factory) -> Path:
 
 
 MISTAKES = {  # arguments, fragments of the one line
-    "generate: not an integer": (["task=music", "generate", "generate.num_tunes=abc"],
-                                 ["generate.num_tunes=abc", "takes an integer", "default 8"]),
-    "music train: not an integer": (["task=music", "train", "trainer.max_epochs=abc"], ["trainer.max_epochs takes an integer"]),
-    "gasleak train: not an integer": (["task=gasleak", "train", "trainer.max_epochs=abc"], ["trainer.max_epochs takes an integer"]),
-    "not an integer in a sweep": (["task=gasleak", "train", "-m", "trainer.max_epochs=1,abc"], ["trainer.max_epochs=abc"]),
-    "a float for an integer": (["task=gasleak", "train", "seed=1.5"], ["seed takes an integer"]),
+    "generate: not a number": (["task=music", "generate", "generate.num_tunes=abc"],
+                                 ["generate.num_tunes=abc", "takes a number", "default 8"]),
+    "music train: not a number": (["task=music", "train", "trainer.max_epochs=abc"], ["trainer.max_epochs takes a number"]),
+    "gasleak train: not a number": (["task=gasleak", "train", "trainer.max_epochs=abc"], ["trainer.max_epochs takes a number"]),
+    "not a number in a sweep": (["task=gasleak", "train", "-m", "trainer.max_epochs=1,abc"], ["trainer.max_epochs=abc"]),
+    "a boolean for a number": (["task=music", "evaluate", "evaluate.batch_size=true"], ["evaluate.batch_size=true: evaluate.batch_size takes a number"]),
     "not a boolean": (["task=gasleak", "serve", "mqtt.enabled=maybe"], ["mqtt.enabled takes true or false"]),
     "port out of range": (["task=gasleak", "serve", "serve.port=99999"], ["serve.port=99999", "0 to 65535"]),
     "unknown experiment": (["task=music", "train", "experiment=nonexistent"],

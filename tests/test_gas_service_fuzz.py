@@ -17,16 +17,16 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import CHECKS, load_all_checks  # noqa: E402
-from schemathesis.config import SchemathesisConfig  # noqa: E402
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.config import SchemathesisConfig
 
-from plugins.gasleak_lstm_svm.detector import ThresholdDetector  # noqa: E402
-from plugins.gasleak_lstm_svm.service.alerts import AlertRules  # noqa: E402
-from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app  # noqa: E402
-from plugins.gasleak_lstm_svm.service.pipeline import Pipeline  # noqa: E402
-from plugins.gasleak_lstm_svm.service.schemas import Reading  # noqa: E402
-from plugins.gasleak_lstm_svm.service.storage import Storage  # noqa: E402
+from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+from plugins.gasleak_lstm_svm.service.alerts import AlertRules
+from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
+from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+from plugins.gasleak_lstm_svm.service.schemas import Reading
+from plugins.gasleak_lstm_svm.service.storage import Storage
 
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
