@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import hydra
@@ -58,17 +59,11 @@ def _run_reporting_user_errors(cfg: DictConfig):
         error = user_error_in(e)  # also one a library wrapped (Hydra's instantiate does)
         if error is None:
             raise
-        if rank_zero():
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # a DDP rank > 0 shares rank 0's directory
             runs.discard_if_empty()
         # Exit from inside the job: Hydra would otherwise add its own "Error executing job" line.
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
-
-
-def rank_zero() -> bool:
-    import os
-
-    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -201,8 +201,11 @@ def check_types(plugin, overrides: list[str]) -> None:
     values = [o for o, group in zip(parsed, is_group) if not group and not o.is_delete() and not o.is_add()]
     if not values:
         return
-    chosen = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()}"
-              for o, group in zip(parsed, is_group) if group]
+    chosen = []  # the group options, a sweep's first one
+    for o, group in zip(parsed, is_group):
+        options = _values(o) if group and o.is_sweep_override() else None
+        if group and (options or not o.is_sweep_override()):
+            chosen.append(f"{o.key_or_group}={options[0] if options else o.get_value_element_as_str()}")
     defaults = compose(chosen)
     for o in values:
         default = OmegaConf.select(defaults, o.key_or_group, default=None, throw_on_resolution_failure=False)
@@ -210,14 +213,25 @@ def check_types(plugin, overrides: list[str]) -> None:
         kind = "true or false" if type(default) is bool else "a number" if type(default) in (int, float) else None
         if kind is None:
             continue  # strings, lists, null defaults: anything goes, the plugin checks
-        given = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
-        for value in given:
+        for value in _values(o) or []:
             is_number = type(value) in (int, float)
             ok = value is None or (type(value) is bool if type(default) is bool else is_number) \
                 or (isinstance(value, str) and value.startswith("${"))
             if not ok:
                 shown = str(value).lower() if isinstance(value, bool) else value
                 raise UserError(f"{o.key_or_group}={shown}: {o.key_or_group} takes {kind} (default {default})")
+
+
+def _values(override) -> list | None:
+    """An override's value, or each of a sweep's; None when Hydra cannot list them (an interval, a glob)."""
+    from hydra.errors import HydraException
+
+    if not override.is_sweep_override():
+        return [override.value()]
+    try:
+        return list(override.sweep_iterator())
+    except HydraException:
+        return None
 
 
 def add_search_path(overrides: list[str], entry: str) -> list[str]:
