@@ -262,8 +262,7 @@ class BodyLimit:
 
 def error_body(status: int, message: str, errors: list[dict] | None = None) -> dict:
     """The one error shape (``ErrorOut``): the list of what is wrong, and one readable line."""
-    kind = HTTPStatus(status).name.lower() if status in HTTPStatus._value2member_map_ else "error"
-    return {"detail": errors or [{"type": kind, "loc": [], "msg": message}], "message": message}
+    return {"detail": errors or [{"type": HTTPStatus(status).name.lower(), "loc": [], "msg": message}], "message": message}
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
