@@ -101,7 +101,7 @@ class Pipeline:
         with self._lock:
             arrived = self.clock()
             for rid, is_new, row, shown in zip(inserted.ids, inserted.new, rows, latest):
-                if not is_new:  # already stored, and already through detection
+                if not is_new:  # stored before, and queued for detection then
                     continue
                 self._pending.append((rid, *row))
                 sensor = self.sensors.setdefault(row[0], _Sensor())
