@@ -198,7 +198,9 @@ def check_types(plugin, overrides: list[str]) -> None:
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not override_key(o).startswith("hydra")])
     groups = config_groups(plugin)
     is_group = [o.key_or_group.split("/")[0] in groups for o in parsed]
-    values = [o for o, group in zip(parsed, is_group) if not group and not o.is_delete() and not o.is_add()]
+    checked = {"task", "mode", "ckpt_path", "init_from"}  # checked above; no need to compose for them
+    values = [o for o, group in zip(parsed, is_group)
+              if not group and not o.is_delete() and not o.is_add() and o.key_or_group not in checked]
     if not values:
         return
     chosen = []  # the group options, a sweep's first one
