@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gas_detector.py [--bundle DIR] [--windows 20000] [--batch 4096] [--single 300] [--threads 1]
 
-For each detector (LSTM+SVM, pure SVM, threshold) it measures windows scored per second in batches
+For each detector (LSTM+SVM, pure SVM, threshold, and the logistic and rise baselines) it measures windows scored per second in batches
 and the latency of scoring one window, then the same work written as a bare loop (the encoder's
 module called under inference_mode and the scikit-learn pipeline's predict_proba, no input checks,
 no bundle), and prints detector/bare ratios. Uses the latest trained bundle (or --bundle); with
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plugins.gasleak_lstm_svm.data import SimulatorDataModule  # noqa: E402
-from plugins.gasleak_lstm_svm.detector import load_detector, log_gas  # noqa: E402
+from plugins.gasleak_lstm_svm.detector import load_detector, window_statistics  # noqa: E402
 
 
 def small_bundle(path: Path) -> Path:
@@ -35,8 +35,8 @@ def small_bundle(path: Path) -> Path:
     dm = SimulatorDataModule(seconds_per_day=6 * 3600, train_days=1, val_days=1, test_days=1)
     dm.setup("fit")
     enc = LSTMAutoencoder(**dm.model_kwargs())
-    x, y = svm_training_set(dm.windows("train", stride=5), 3000, 0.5, seed=0)
-    det = LSTMSVMDetector(enc, device="cpu", fallback=SVMDetector().fit(x, y)).fit(x, y)
+    x, base, y = svm_training_set(dm.windows("train", stride=5), 3000, 0.5, seed=0)
+    det = LSTMSVMDetector(enc, device="cpu", fallback=SVMDetector().fit(x, y, base)).fit(x, y, base)
     return save_bundle(path, det)
 
 
@@ -50,22 +50,31 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def bare(kind: str, det):
-    """The same scoring with nothing around it: module call + pipeline.predict_proba."""
+    """The same scoring with nothing around it: inputs + module call + pipeline.predict_proba."""
+    spec, pipe = det.spec, getattr(det, "pipeline_", None)
     if kind == "lstm_svm":
-        enc, pipe = det.encoder, det.pipeline_
+        enc = det.encoder
 
-        def score(x):
+        def score(x, base):
+            z = spec.transform(x, base)
             with torch.inference_mode():
-                feats = torch.cat([enc(torch.from_numpy(x[i : i + 4096])) for i in range(0, len(x), 4096)]).numpy()
+                feats = torch.cat([enc(torch.from_numpy(z[i : i + 4096])) for i in range(0, len(z), 4096)]).numpy()
             return pipe.predict_proba(feats)[:, 1]
     elif kind == "svm":
-        pipe = det.pipeline_
 
-        def score(x):
-            return pipe.predict_proba(log_gas(x).reshape(len(x), -1))[:, 1]
+        def score(x, base):
+            return pipe.predict_proba(spec.transform(x, base).reshape(len(x), -1))[:, 1]
+    elif kind == "logistic":
+
+        def score(x, base):
+            return pipe.predict_proba(window_statistics(x))[:, 1]
+    elif kind == "rise":
+
+        def score(x, base):
+            return pipe.predict_proba(np.arcsinh((x[:, -det.recent_s:, 0].mean(axis=1) - base[:, 0]) / base[:, 1])[:, None])[:, 1]
     else:
 
-        def score(x):
+        def score(x, base):
             return np.minimum(x[:, :, 0].max(axis=1) / 1000.0, 1.0)
     return score
 
@@ -90,30 +99,36 @@ def main():
         bundle = small_bundle(Path("outputs/.bench_gasleak_bundle"))
         print(f"no trained detector found: using a small untrained-encoder bundle at {bundle}")
     dm = SimulatorDataModule(seconds_per_day=86400, train_days=0, val_days=0, test_days=1)
+    dm.spec = load_detector(bundle).spec
     ws = dm.windows("test", stride=1)
-    x = ws.gather(np.random.default_rng(0).choice(len(ws), min(args.windows, len(ws)), replace=False))
+    x, base, _ = ws.arrays(np.sort(np.random.default_rng(0).choice(len(ws), min(args.windows, len(ws)), replace=False)))
     print(f"bundle {bundle}; {len(x)} windows, batches of {args.batch}, {args.single} single-window calls, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'detector':<18}{'batched win/s':>15}{'bare win/s':>13}{'ratio':>8}{'single ms':>12}{'bare ms':>10}{'ratio':>8}")
-    for kind in ("lstm_svm", "svm", "threshold"):
+    for kind in ("lstm_svm", "svm", "threshold", "logistic", "rise"):
         det = load_detector(bundle, kind=kind)
         if det.kind != kind:
             print(f"{kind:<18} not in the bundle")
             continue
         ref = bare(kind, det)
-        det.predict_proba(x[:64]), ref(x[:64])  # warm up
-        batches = [x[i : i + args.batch] for i in range(0, len(x), args.batch)]
-        t_det = min(timed(lambda: [det.predict_proba(b) for b in batches], 2))
-        t_ref = min(timed(lambda: [ref(b) for b in batches], 2))
-        one = x[:1]
-        s_det = statistics.median(timed(lambda: det.predict_proba(one), args.single)) * 1e3
-        s_ref = statistics.median(timed(lambda: ref(one), args.single)) * 1e3
+        det.predict_proba(x[:64], base[:64]), ref(x[:64], base[:64])  # warm up
+        batches = [(x[i : i + args.batch], base[i : i + args.batch]) for i in range(0, len(x), args.batch)]
+        t_det = min(timed(lambda: [det.predict_proba(b, c) for b, c in batches], 2))
+        t_ref = min(timed(lambda: [ref(b, c) for b, c in batches], 2))
+        one, one_base = x[:1], base[:1]
+        s_det = statistics.median(timed(lambda: det.predict_proba(one, one_base), args.single)) * 1e3
+        s_ref = statistics.median(timed(lambda: ref(one, one_base), args.single)) * 1e3
         # the same numbers out of both (the bare threshold loop is only a stand-in for the cost)
         if kind != "threshold":
-            assert np.allclose(det.predict_proba(x[:256])[:, 1], ref(x[:256]), atol=1e-6)
+            assert np.allclose(det.predict_proba(x[:256], base[:256])[:, 1], ref(x[:256], base[:256]), atol=1e-6)
         print(f"{det.status:<18}{len(x) / t_det:>15.0f}{len(x) / t_ref:>13.0f}{t_ref / t_det:>8.2f}"
               f"{s_det:>12.3f}{s_ref:>10.3f}{s_ref / s_det:>8.2f}")
     print("ratio = bare time / detector time (1.0: the detector adds nothing; below 1: its overhead)")
+    # what the live service adds per window: the clean-air baseline from the sensor's buffer
+    spec = dm.spec
+    history = ws.signal[: spec.history].astype(np.float64)
+    per = statistics.median(timed(lambda: spec.baseline_of_history(history), args.single)) * 1e6
+    print(f"live service: one window's baseline from a {spec.history}-sample buffer: {per:.0f} µs (median)")
 
 
 if __name__ == "__main__":

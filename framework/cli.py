@@ -172,6 +172,9 @@ def prepare(argv: list[str]) -> list[str] | None:
         if value and value not in ("null", "last") and not (key == "ckpt_path" and mode != "train"):
             from framework import checkpoints
 
+            if key == "init_from" and Path(value).is_dir():
+                continue  # a plugin's model directory (a gas detector bundle): the plugin resolves it
+
             checkpoints.load(value, mmap=True)  # refused here, before a run directory exists
     if child is None:
         check_types(plugin, overrides)

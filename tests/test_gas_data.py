@@ -59,12 +59,14 @@ def test_windows_are_labelled_by_their_last_sample():
     s = Series("a", signal, label, np.arange(n, dtype=float))
     ws = Windows([s, s], window=60, stride=1)
     assert len(ws) == 2 * (n - 59)
-    x, y = ws.arrays([0, 41, 40, 141])
+    x, base, y = ws.arrays([0, 41, 40, 141])
     assert np.array_equal(x[0], signal[:60])  # oldest first, last sample is index 59
     assert y.tolist() == [0, 1, 0, 0]  # window 41 ends at sample 100, the first leak sample
+    assert base.shape == (4, 5)
     assert ws.series_index[-1] == 1 and np.array_equal(ws.gather([len(ws) - 1])[0], signal[-60:])
-    xb, yb = ws.__getitems__([1, 2, 3])
-    assert xb.shape == (3, 60, 3) and yb.tolist() == [0, 0, 0]
+    xb, yb = ws.__getitems__([1, 2, 3])  # the model's inputs: 6 channels relative to the baseline
+    assert xb.shape == (3, 60, 6) and yb.tolist() == [0, 0, 0]
+    assert np.allclose(xb.numpy(), ws.spec.transform(ws.gather([1, 2, 3]), ws.baselines([1, 2, 3])))
 
 
 def test_simulator_datamodule_splits_are_different_days():
@@ -74,9 +76,11 @@ def test_simulator_datamodule_splits_are_different_days():
     assert len(flat) == 4
     assert all(not np.array_equal(flat[i], flat[j]) for i in range(4) for j in range(i + 1, 4))
     kw = dm.model_kwargs()
-    train = np.concatenate(days["train"]).astype(np.float64)
-    assert np.isclose(kw["channel_mean"][1], train[:, 1].mean(), rtol=1e-4)  # training data only
-    assert np.isclose(kw["channel_mean"][0], np.log1p(train[:, 0]).mean(), rtol=1e-4)
+    ws = dm.windows("train")  # 710 windows: all of them enter the statistics
+    inputs = ws.inputs(np.arange(len(ws))).reshape(-1, 6).astype(np.float64)
+    assert np.allclose(kw["channel_mean"], inputs.mean(axis=0), rtol=1e-4, atol=1e-6)  # training data only
+    assert np.allclose(kw["channel_std"], inputs.std(axis=0), rtol=1e-4)
+    assert kw["inputs"] == dm.spec.to_dict()
 
 
 CSV_GOOD = "timestamp,gas_concentration,temperature,humidity,label,series_id\n"
@@ -97,16 +101,20 @@ def test_csv_bad_rows_reported_and_skipped_or_interpolated(tmp_path, caplog):
         + "1,41,21,41,7,b\n"  # line 10: label not 0/1
         + "2,42,21,41,1,b\n"
     )
-    series, report = read_csv(path, "skip")
+    series, report = read_csv(path, "skip", resample="none")
     assert report.bad_lines == [4, 5, 6, 8, 10]
     assert "5 bad row(s)" in caplog.text and "lines 4, 5, 6, 8, 10" in caplog.text
     by_id = {s.series_id: s for s in series}
     assert by_id["a"].signal[:, 0].tolist() == [50, 51, 53]
     assert by_id["b"].label.tolist() == [0, 1]
+    # on the 1 Hz grid (the default, resample=hold) the seconds of skipped rows hold the reading before
+    by_id = {s.series_id: s for s in read_csv(path, "skip")[0]}
+    assert by_id["a"].signal[:, 0].tolist() == [50, 51, 51, 51, 51, 53] and by_id["b"].label.tolist() == [0, 0, 1]
 
     series, report = read_csv(path, "interpolate")
     a = {s.series_id: s for s in series}["a"]
-    assert a.signal.shape == (6, 3)  # the over-long line 5 is still dropped
+    assert a.signal.shape == (7, 3)  # the over-long line 5 is still dropped (its second holds the reading before)
+    assert {s.series_id: s for s in read_csv(path, "interpolate", resample="none")[0]}["a"].signal.shape == (6, 3)
     assert np.isfinite(a.signal).all()
     assert 51 < a.signal[2, 0] < 53 and a.signal[5, 1] == 20
 

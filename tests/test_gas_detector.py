@@ -23,6 +23,7 @@ from plugins.gasleak_lstm_svm.detector import (
     save_bundle,
     sha256,
 )
+from plugins.gasleak_lstm_svm.features import InputSpec
 from plugins.gasleak_lstm_svm.model import LSTMAutoencoder
 from plugins.gasleak_lstm_svm.train import svm_training_set
 
@@ -74,13 +75,13 @@ def trained(tmp_path_factory):
         opt.step()
         if i == 30:
             break
-    x, y = svm_training_set(dm.windows("train", stride=5), 800, 0.5, seed=0)
-    svm = SVMDetector(cv=3).fit(x, y)
-    det = LSTMSVMDetector(enc, cv=3, device="cpu", fallback=svm).fit(x, y)
+    x, base, y = svm_training_set(dm.windows("train", stride=5), 800, 0.5, seed=0)
+    svm = SVMDetector(cv=3).fit(x, y, base)
+    det = LSTMSVMDetector(enc, cv=3, device="cpu", fallback=svm).fit(x, y, base)
     bundle = tmp_path_factory.mktemp("bundle") / "detector"
     save_bundle(bundle, det, ThresholdDetector(450, 900))
-    xt, yt = dm.windows("test", stride=7).arrays()
-    return {"bundle": bundle, "det": det, "svm": svm, "x": xt, "y": yt}
+    xt, bt, yt = dm.windows("test", stride=7).arrays()
+    return {"bundle": bundle, "det": det, "svm": svm, "x": xt, "base": bt, "y": yt}
 
 
 def copy_bundle(trained, tmp_path):
@@ -102,7 +103,7 @@ def test_round_trip_gives_identical_probabilities(trained):
     th = load_detector(trained["bundle"], kind="threshold")
     assert (th.warning_ppm, th.danger_ppm) == (450, 900)
     # a sanity check that the detector learned something (not a claim about the goals)
-    assert (loaded.predict(x) == trained["y"]).mean() > 0.9
+    assert (loaded.predict(x, trained["base"]) == trained["y"]).mean() > 0.9
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
@@ -211,30 +212,32 @@ def test_find_detector(trained, tmp_path, monkeypatch):
 def test_svm_training_set_mixes_hard_and_leak_windows():
     dm = SimulatorDataModule(seconds_per_day=6 * 3600, train_days=1, val_days=1, test_days=1, leaks_per_hour=0.5)
     ws = dm.windows("train", stride=2)
-    x, y = svm_training_set(ws, 1500, 0.5, seed=0, positive_fraction=0.4)
-    assert x.shape == (1500, 60, 3) and len(y) == 1500
+    x, base, y = svm_training_set(ws, 1500, 0.5, seed=0, positive_fraction=0.4)
+    assert x.shape == (1500, 60, 3) and base.shape == (1500, 5) and len(y) == 1500
     assert 0.3 < y.mean() < 0.5  # leaks are ~10% of these windows; the sample is rebalanced
-    x2, y2 = svm_training_set(ws, 1500, 0.5, seed=0)
+    x2, _, y2 = svm_training_set(ws, 1500, 0.5, seed=0)
     assert y2.mean() < y.mean()
-    # every sampled window is a real window of the data with its last-sample label
+    # every sampled window is a real window of the data with its last-sample label and its own baseline
     i = np.flatnonzero(np.all(ws.signal[59:] == x[0, -1], axis=1))[0] + 59
     assert np.array_equal(ws.signal[i - 59 : i + 1], x[0]) and ws.label[i] == y[0]
+    assert np.allclose(base[0], ws.spec.baselines_for_series(ws.signal, [i])[0])
 
 
 def _toy_batch(n: int = 32, seed: int = 0):
-    """Raw windows: half plain air (~50 ppm), half with gas rising over the last 10 s; label = leak."""
+    """Model inputs of raw windows: half plain air (~50 ppm), half with gas rising over the last 10 s; label = leak."""
     g = torch.Generator().manual_seed(seed)
     x = torch.empty(n, 60, 3)
     x[..., 0] = 50 + 2 * torch.randn(n, 60, generator=g)
     x[..., 1], x[..., 2] = 21.0, 45.0
     y = torch.arange(n) % 2
     x[y == 1, -10:, 0] += torch.linspace(30, 300, 10)
-    return x, y
+    spec = InputSpec()
+    return torch.from_numpy(spec.transform(x.numpy(), spec.baseline_of_window(x.numpy()))), y
 
 
 def test_auxiliary_loss_is_configurable_and_trains_the_encoder():
     torch.set_num_threads(1)  # tiny batches: more threads only spin on a busy CI box
-    kw = {"channel_mean": [4.0, 21.0, 45.0], "channel_std": [1.0, 1.0, 1.0]}
+    kw = {"channel_mean": [0.0] * 6, "channel_std": [1.0] * 6}
     batch = _toy_batch()
     torch.manual_seed(0)
     plain = LSTMAutoencoder(**kw)  # aux_weight 0 (the Python default): a plain autoencoder

@@ -16,7 +16,7 @@ TINY = [
     "data.leaks_per_hour=1.0", "data.train_stride=20", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
     "detector.svm.max_samples=800", "detector.svm.calibration_cv=3",
 ]
-KINDS = ("lstm_svm", "svm", "threshold")
+KINDS = ("lstm_svm", "svm", "threshold", "logistic", "rise")
 
 
 def record(outputs: Path) -> dict:
@@ -31,7 +31,7 @@ def latest_run(outputs: Path, mode: str) -> Path:
 def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     proc = run_cli("task=gasleak", "train", *TINY, "detector.pure_svm.positive_fraction=0.1", "+detector.pure_svm.hard_fraction=0")
     assert "autoencoder epoch 0: train loss" in proc.stdout
-    assert "LSTM+SVM: validation accuracy" in proc.stdout and "pure SVM: validation accuracy" in proc.stdout
+    assert "LSTM+SVM: validation accuracy" in proc.stdout and "Pure SVM: validation accuracy" in proc.stdout
     metrics = last_json_line(proc.stdout)
     assert metrics["detector"] == "lstm_svm" and 0.5 <= metrics["lstm_svm/val_accuracy"] <= 1
     assert metrics["autoencoder/val_aux"] > 0  # the default stage 1 has the auxiliary leak loss (model.aux_weight)
@@ -42,22 +42,32 @@ def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     bundle = Path(rec["detector"])
     assert bundle.parent == Path(rec["run_dir"])
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert set(manifest["detectors"]) == {"lstm_svm", "svm"} and manifest["primary"] == "lstm_svm"
-    assert set(manifest["files"]) == {"lstm.ckpt", "lstm_svm.skops", "svm.skops"}
+    assert set(manifest["detectors"]) == {"lstm_svm", "svm", "logistic", "rise"} and manifest["primary"] == "lstm_svm"
+    assert set(manifest["files"]) == {"lstm.ckpt", "lstm_svm.skops", "svm.skops", "logistic.skops", "rise.skops"}
+    # every learned detector carries the alert threshold calibrated on the validation day
+    for kind, entry in manifest["detectors"].items():
+        op = entry["operating_point"]
+        assert op["calibrated"] and 0 < op["probability"] < 1 and op["budget_false_alerts_per_day"] == 1.0, kind
+        assert metrics[f"{kind}/alert_probability"] == op["probability"]
 
     proc = run_cli("task=gasleak", "evaluate", *TINY)
     metrics = last_json_line(proc.stdout)
     run = latest_run(outputs, "evaluate")
     for kind in KINDS:
-        for key in ("precision", "recall", "f1", "false_alarm_rate", "detection_rate", "false_alarms_per_week"):
+        for key in ("precision", "recall", "f1", "false_alarm_rate", "detection_rate", "latency_median_s",
+                    "false_alerts_per_day", "false_alerts_per_week", "series_alerted_before_release"):
             assert f"{kind}/{key}" in metrics, f"{kind}/{key}"
         assert metrics[f"{kind}/tp"] + metrics[f"{kind}/fn"] > 0  # the test day has leaks
         assert metrics[f"{kind}/windows"] == 7200 - 59  # every window, stride 1
     for name in ("evaluation.json", "confusion.png", "day.png", "metrics.json"):
         assert (run / name).stat().st_size > 0, name
-    assert "PyTorch LSTM+SVM" in proc.stdout and "Threshold" in proc.stdout  # the side-by-side table
+    for name in ("PyTorch LSTM+SVM", "Threshold", "Logistic baseline", "Rise baseline"):  # the side-by-side table
+        assert name in proc.stdout
     report = json.loads((run / "evaluation.json").read_text())
-    assert report["alert_rule"] == {"consecutive": 3, "probability": 0.7}
+    assert report["alert_rule"] == {"consecutive": 3, "probability": None}  # null: each detector's operating point
+    for kind in ("lstm_svm", "svm", "logistic", "rise"):
+        assert metrics[f"{kind}/alert_probability"] == manifest["detectors"][kind]["operating_point"]["probability"]
+    assert metrics["threshold/alert_probability"] == 0.7
     events = report["detectors"]["threshold"]["event_list"]
     assert events and all(e["latency_s"] is None or e["latency_s"] >= 0 for e in events)
 

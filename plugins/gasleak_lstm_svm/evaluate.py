@@ -1,16 +1,18 @@
-"""`evaluate` mode: score the trained detector and its fallbacks side by side on held-out series.
+"""`evaluate` mode: the trained detector, its fallbacks and the baselines side by side on held-out series.
 
-For every detector in the bundle (LSTM+SVM, pure SVM) and the threshold rule:
+Each test series is scored at stride 1 and replayed through the service's alert engine with each
+detector's calibrated operating point (``scoring.py``), so the figures are the alerts a user would
+receive. For every detector in the bundle (LSTM+SVM, pure SVM, the logistic and rise baselines) and
+the threshold rule:
 
-* per window (every window, stride ``data.eval_stride``, labelled by its last sample):
-  precision, recall, F1, accuracy, false-alarm rate (FP / negatives), confusion matrix;
-* per event, under the alert rule (``detector.confirm_alarms``: ``alerts.consecutive`` windows in a
-  row at probability >= ``alerts.probability``): detection rate and latency (seconds from the
-  leak's start to the first confirmed alarm); false alarms: confirmed alarm episodes that begin
-  outside every leak (or more than ``evaluate.grace_s`` after its end), per simulated week.
+* per window (labelled by its last sample; windows within ``evaluate.tolerance_s`` of a label edge
+  left out): precision, recall, F1, accuracy, false-alarm rate (FP / negatives) of p >= the operating
+  probability, and the confusion matrix;
+* per release: detected, latency (median, p90) from the labelled start to the first alert;
+  false alerts (opened in clean air) per day and per week; series alerted before their release.
 
-Writes ``evaluation.json`` (tables), ``confusion.png`` and ``day.png`` (one test day: readings,
-ground truth, each detector's probability and confirmed alarms) into the run directory.
+Writes ``evaluation.json`` (tables, every release and false alert), ``confusion.png`` and
+``day.png`` (one test series: readings, ground truth, each detector's probability and alerts).
 """
 
 from __future__ import annotations
@@ -24,106 +26,47 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from framework import runs
-from plugins.gasleak_lstm_svm.data import GasDataModule, Series, Windows, label_runs
-from plugins.gasleak_lstm_svm.detector import FALLBACK_ORDER, STATUS, confirm_alarms, find_detector, load_detector
+from plugins.gasleak_lstm_svm.data import GasDataModule, Series, Windows
+from plugins.gasleak_lstm_svm.detector import DETECTORS, STATUS, find_detector, load_detector
+from plugins.gasleak_lstm_svm.scoring import (events_of, replay_series, score_alerts, series_probabilities, summarise,
+                                              uncertain_windows, window_metrics)
+from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 
 log = logging.getLogger(__name__)
-WEEK_S = 7 * 24 * 3600
 
 
-def events_of(series: Series) -> list[dict]:
-    """Ground-truth events: the simulator's, else runs of label 1 (CSV), in sample indices."""
-    if series.events is not None:
-        return [{"start": int(e.start), "end": int(min(np.ceil(e.end), len(series))), "kind": e.kind} for e in series.events
-                if e.start < len(series)]
-    return [{"start": a, "end": b, "kind": "leak"} for a, b in label_runs(series.label)]
-
-
-def score_series(series: Series, probs: np.ndarray, ends: np.ndarray, k: int, p: float, grace_s: float) -> dict:
-    """Event-level results for one series. ``ends`` are the sample indices of each window's last sample."""
-    confirmed = confirm_alarms(probs, k, p)
-    t = series.time
-    events = events_of(series)
-    out_events = []
-    for ev in events:
-        hit = np.flatnonzero(confirmed & (ends >= ev["start"]) & (ends < ev["end"]))
-        latency = float(t[ends[hit[0]]] - t[ev["start"]]) if len(hit) else None
-        out_events.append({**ev, "detected": bool(len(hit)), "latency_s": latency})
-    covered = np.zeros(len(series), dtype=bool)
-    for ev in events:
-        stop = np.searchsorted(t, t[ev["end"] - 1] + grace_s, side="right")
-        covered[ev["start"] : stop] = True
-    episodes = label_runs(confirmed.astype(np.int8))
-    false_alarms = [float(t[ends[a]]) for a, _ in episodes if not covered[ends[a]]]
-    return {"events": out_events, "false_alarms": false_alarms, "confirmed": confirmed,
-            "seconds": float(t[-1] - t[0] + 1) if len(t) > 1 else 1.0}
-
-
-def window_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
-    tp = int(((pred == 1) & (y == 1)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return {
-        "precision": precision, "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "accuracy": (tp + tn) / max(tp + tn + fp + fn, 1),
-        "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
-        "confusion": [[tn, fp], [fn, tp]],
-    }
-
-
-def evaluate_detector(det, series: list[Series], window: int, stride: int, k: int, p: float, grace_s: float) -> dict:
-    ys, preds, per_series, probs_all = [], [], [], []
+def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s: float, grace_s: float) -> dict:
+    ys, preds, per_series, probs_all, alerts_all = [], [], [], [], []
     started = time.monotonic()
     n_windows = 0
     for s in series:
-        ws = Windows([s], window, stride)
-        probs = np.concatenate([det.predict_proba(ws.gather(np.arange(i, min(i + 8192, len(ws)))))[:, 1]
-                                for i in range(0, len(ws), 8192)]) if len(ws) else np.zeros(0)
-        n_windows += len(ws)
-        ys.append(ws.y)
-        preds.append((probs >= 0.5).astype(np.int64))
-        per_series.append(score_series(s, probs, ws.ends, k, p, grace_s))
+        probs = series_probabilities(det, s)
+        ends = np.flatnonzero(~np.isnan(probs))
+        keep = ~uncertain_windows(s, ends, tolerance_s)
+        n_windows += len(ends)
+        ys.append(s.label[ends][keep].astype(np.int64))
+        preds.append((probs[ends][keep] >= rules.probability).astype(np.int64))
+        alerts = replay_series(rules, s, probs)
+        per_series.append(score_alerts(s, alerts, tolerance_s, grace_s))
         probs_all.append(probs)
+        alerts_all.append(alerts)
     seconds = time.monotonic() - started
-    y, pred = np.concatenate(ys), np.concatenate(preds)
-    result = window_metrics(y, pred)
-    events = [e for r in per_series for e in r["events"]]
-    lat = [e["latency_s"] for e in events if e["latency_s"] is not None]
-    monitored = sum(r["seconds"] for r in per_series)
-    n_false = sum(len(r["false_alarms"]) for r in per_series)
-    result |= {
-        "events": len(events),
-        "events_detected": sum(e["detected"] for e in events),
-        "detection_rate": sum(e["detected"] for e in events) / len(events) if events else None,
-        "latency_median_s": float(np.median(lat)) if lat else None,
-        "latency_p90_s": float(np.percentile(lat, 90)) if lat else None,
-        "latency_max_s": float(np.max(lat)) if lat else None,
-        "false_alarms": n_false,
-        "false_alarms_per_week": n_false * WEEK_S / monitored,
-        "monitored_hours": monitored / 3600,
-        "windows": n_windows,
-        "windows_per_second": n_windows / max(seconds, 1e-9),
-    }
-    kinds = sorted({e["kind"] for e in events})
-    for kind in kinds:
-        kl = [e["latency_s"] for e in events if e["kind"] == kind and e["latency_s"] is not None]
-        kn = [e for e in events if e["kind"] == kind]
-        result[f"latency_median_s/{kind}"] = float(np.median(kl)) if kl else None
-        result[f"detection_rate/{kind}"] = sum(e["detected"] for e in kn) / len(kn)
+    result = window_metrics(np.concatenate(ys), np.concatenate(preds))
+    result |= summarise(per_series)
+    result |= {"alert_probability": rules.probability, "windows": n_windows,
+               "windows_per_second": n_windows / max(seconds, 1e-9)}
     result["_per_series"] = per_series
     result["_probs"] = probs_all
+    result["_alerts"] = alerts_all
     return result
 
 
 def format_table(results: dict[str, dict]) -> str:
-    rows = [("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}"), ("accuracy", "{:.4f}"),
-            ("false_alarm_rate", "{:.5f}"), ("detection_rate", "{:.3f}"), ("latency_median_s", "{:.1f}"),
-            ("latency_p90_s", "{:.1f}"), ("false_alarms", "{}"), ("false_alarms_per_week", "{:.2f}"),
-            ("windows_per_second", "{:.0f}")]
+    rows = [("alert_probability", "{:g}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}"),
+            ("accuracy", "{:.4f}"), ("false_alarm_rate", "{:.5f}"), ("events_detected", "{}"), ("events", "{}"),
+            ("detection_rate", "{:.3f}"), ("latency_median_s", "{:.1f}"), ("latency_p90_s", "{:.1f}"),
+            ("false_alerts", "{}"), ("false_alerts_per_day", "{:.2f}"), ("false_alerts_per_week", "{:.2f}"),
+            ("series_alerted_before_release", "{}"), ("windows_per_second", "{:.0f}")]
     extra = sorted({k for r in results.values() for k in r if k.startswith("latency_median_s/")})
     rows += [(k, "{:.1f}") for k in extra]
     names = list(results)
@@ -183,14 +126,17 @@ def plot_day(series: Series, results: dict[str, dict], index: int, window: int, 
     a2b.plot(t, series.signal[:, 2], lw=0.6, color="tab:blue", label="humidity (%RH)")
     a2.set_ylabel("°C")
     a2b.set_ylabel("%RH")
-    colors = {"lstm_svm": "tab:green", "svm": "tab:blue", "threshold": "tab:grey"}
+    colors = {"lstm_svm": "tab:green", "svm": "tab:blue", "threshold": "tab:grey", "logistic": "tab:orange",
+              "rise": "tab:brown"}
     for j, (name, r) in enumerate(results.items()):
         probs = r["_probs"][index]
-        conf = r["_per_series"][index]["confirmed"]
-        a3.plot(t[ends], probs, lw=0.5, color=colors[name], label=f"{STATUS[name]} p(leak)")
-        a3.plot(t[ends][conf], np.full(conf.sum(), 1.04 + 0.04 * j), "|", ms=6, color=colors[name])
-    a3.set_ylim(-0.02, 1.2)
-    a3.set_ylabel("probability; | = confirmed alarm")
+        a3.plot(t[ends], probs[ends], lw=0.5, color=colors[name], label=f"{STATUS[name]} p(leak)")
+        for al in r["_alerts"][index]:
+            stop = al["end_ts"] if al["end_ts"] is not None else series.time[-1]
+            a3.plot([(al["start_ts"] - series.time[0]) / 3600 + t[0], (stop - series.time[0]) / 3600 + t[0]],
+                    [1.04 + 0.035 * j] * 2, lw=3, color=colors[name])
+    a3.set_ylim(-0.02, 1.25)
+    a3.set_ylabel("probability; bars = alerts")
     a3.set_xlabel("hours")
     a1.legend(loc="upper right")
     a3.legend(loc="center right", fontsize=8)
@@ -206,24 +152,29 @@ def run(cfg: DictConfig) -> dict:
     set_threads(cfg.detector)
     bundle = find_detector(cfg)
     ecfg = cfg.evaluate
-    k, p = int(cfg.alerts.consecutive), float(cfg.alerts.probability)
+    tolerance_s, grace_s = float(ecfg.tolerance_s), float(ecfg.grace_s)
+    primary = load_detector(bundle)
     dm: GasDataModule = instantiate(cfg.data, _convert_="all")
+    dm.spec = primary.spec  # the bundle's inputs, whatever this config says
+    dm.window = primary.spec.window
     dm.prepare_data()
     series = dm.series("test")
     out_dir = runs.run_dir()
-    print(f"evaluating {bundle} on {len(series)} test series ({sum(map(len, series)) / 3600:.1f} h), "
-          f"alert rule: {k} windows in a row at p >= {p:g}", flush=True)
+    print(f"evaluating {bundle} on {len(series)} test series ({sum(map(len, series)) / 3600:.1f} h), alerts replayed "
+          f"through the service's alert engine ({cfg.alerts.consecutive} windows in a row at each detector's "
+          f"operating point), tolerance {tolerance_s:g} s", flush=True)
 
     results: dict[str, dict] = {}
     for kind in ecfg.detectors:
-        if kind not in FALLBACK_ORDER:
+        if kind not in DETECTORS:
             continue
         det = load_detector(bundle, kind=kind)
         if det.kind != kind:
             log.info("%s not in the bundle (%s); skipped", STATUS[kind], det.fallback_reason)
             continue
-        log.info("scoring %s", det.status)
-        results[kind] = evaluate_detector(det, series, dm.window, dm.eval_stride, k, p, float(ecfg.grace_s))
+        rules = AlertRules.from_config(cfg.alerts, det.operating_point)
+        log.info("scoring %s (alert at p >= %g)", det.status, rules.probability)
+        results[kind] = evaluate_detector(det, series, rules, tolerance_s, grace_s)
     print(format_table(results), flush=True)
 
     day = min(int(ecfg.plot_series), len(series) - 1)
@@ -231,10 +182,14 @@ def run(cfg: DictConfig) -> dict:
     plot_day(series[day], results, day, dm.window, dm.eval_stride, out_dir / "day.png")
     report = {name: {key: v for key, v in r.items() if not key.startswith("_")} for name, r in results.items()}
     for name, r in results.items():
-        report[name]["event_list"] = [e for s in r["_per_series"] for e in s["events"]]
-        report[name]["false_alarm_times"] = [t for s in r["_per_series"] for t in s["false_alarms"]]
-    (out_dir / "evaluation.json").write_text(json.dumps({"bundle": str(bundle), "alert_rule": {"consecutive": k, "probability": p},
-                                                         "detectors": report}, indent=2))
+        report[name]["event_list"] = [{**e, "series": s.series_id} for s, ps in zip(series, r["_per_series"])
+                                      for e in ps["events"]]
+        report[name]["false_alert_times"] = [{"series": s.series_id, "time": t} for s, ps in zip(series, r["_per_series"])
+                                             for t in ps["false_alerts"]]
+    (out_dir / "evaluation.json").write_text(json.dumps(
+        {"bundle": str(bundle), "tolerance_s": tolerance_s, "grace_s": grace_s,
+         "alert_rule": {"consecutive": int(cfg.alerts.consecutive), "probability": cfg.alerts.probability},
+         "detectors": report}, indent=2))
     print(f"wrote {out_dir / 'evaluation.json'}, {out_dir / 'confusion.png'}, {out_dir / 'day.png'}", flush=True)
 
     metrics: dict = {"bundle": str(bundle), "test_hours": sum(map(len, series)) / 3600}

@@ -1,6 +1,7 @@
 """The LSTM feature extractor, trained as the encoder of an autoencoder (stage 1 of the detector).
 
-encoder: standardise -> LSTM(3 -> 50, 2 layers, dropout 0.2) -> last hidden state
+inputs:  each window relative to the sensor's clean-air baseline (features.py: 6 channels)
+encoder: standardise -> LSTM(6 -> 50, 2 layers, dropout 0.2) -> last hidden state
          -> Linear 50->32, ReLU -> Linear 32->16, ReLU -> Linear 16->8   (8 features per window)
 decoder: 8 -> Linear -> repeated over the window -> LSTM(50) -> Linear -> 3 channels per step
 
@@ -14,9 +15,9 @@ each training window's leak label, and the loss is ``reconstruction + aux_weight
 still rebuilds the window, but the bottleneck must keep what separates a leak from a hard negative.
 The head only shapes training; the detector uses the 8 features (stage 2 is the SVM).
 
-Standardisation statistics (training data only; gas on a log1p scale so that 50 ppm air and a
-5000 ppm burst are both well resolved) are hyper-parameters, so every checkpoint carries them and
-loads with ``torch.load(weights_only=True)``.
+The input settings (``inputs``: window, baseline span and quantile) and the standardisation
+statistics of the inputs (training data only) are hyper-parameters, so every checkpoint carries
+them and loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ class LSTMAutoencoder(L.LightningModule):
         self,
         channel_mean: list[float],
         channel_std: list[float],
-        log_gas: bool = True,
-        window: int = 60,
-        input_size: int = 3,
+        inputs: dict | None = None,
+        input_size: int = 6,
         hidden_size: int = 50,
         num_layers: int = 2,
         dropout: float = 0.2,
@@ -52,6 +52,7 @@ class LSTMAutoencoder(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        window = int((inputs or {}).get("window", 60))
         self.register_buffer("mean", torch.tensor(channel_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(channel_std, dtype=torch.float32), persistent=False)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
@@ -79,18 +80,16 @@ class LSTMAutoencoder(L.LightningModule):
 
     # -- the detector's side ----------------------------------------------------------------------
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw (B, T, 3) readings -> standardised, gas on a log1p scale when ``log_gas``."""
-        if self.hparams.log_gas:
-            x = torch.cat([torch.log1p(x[..., :1].clamp_min(0)), x[..., 1:]], dim=-1)
+        """Model inputs (B, T, 6: ``features.InputSpec.transform``) -> standardised."""
         return (x - self.mean) / self.std
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         _, (h, _) = self.lstm(z)
         return self.head(h[-1])
 
-    def forward(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """Raw windows (B, T, 3) -> features (B, 8)."""
-        return self.encode(self.standardise(x_raw))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs (B, T, 6) -> features (B, 8)."""
+        return self.encode(self.standardise(x))
 
     # -- the autoencoder --------------------------------------------------------------------------
     def reconstruct(self, z: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,8 +8,10 @@ fallback exists), and the threshold rule's settings. ``model=svm`` skips stage 1
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,13 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from framework import checkpoints, runner, runs
 from framework.errors import UserError
 from plugins.gasleak_lstm_svm.data import GasDataModule, Windows, hard_ends
-from plugins.gasleak_lstm_svm.detector import LSTMSVMDetector, SVMDetector, ThresholdDetector, save_bundle
+from plugins.gasleak_lstm_svm.detector import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
+                                               ThresholdDetector, find_detector, save_bundle)
+from plugins.gasleak_lstm_svm.scoring import calibrate, series_probabilities
+from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 
 log = logging.getLogger(__name__)
 
 
 def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: int,
-                     positive_fraction: float | None = None, hard_before: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     positive_fraction: float | None = None, hard_before: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows for the SVM, at most ``max_samples``, drawn without replacement so that about
     ``hard_fraction`` of them are "hard" (``data.hard_ends``: just after a leak starts or ends, or the
     gas reading jumps) and, when given, about ``positive_fraction`` are leak windows (leaks are rare
@@ -44,12 +49,11 @@ def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: 
             if members.any():
                 w[members] = mass * share[cls] / members.sum()
     pick = np.sort(rng.choice(len(ends), min(max_samples, len(ends)), replace=False, p=w / w.sum()))
-    ends = ends[pick]
-    return ws.signal[ends[:, None] - ws._back], ws.label[ends].astype(np.int64)
+    return ws.at(ends[pick]).arrays()
 
 
-def _scores(det, x: np.ndarray, y: np.ndarray) -> dict:
-    pred = det.predict(x)
+def _scores(det, x: np.ndarray, base: np.ndarray, y: np.ndarray) -> dict:
+    pred = det.predict(x, base)
     tp, fp, fn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     return {"accuracy": float((pred == y).mean()), "f1": f1}
@@ -66,6 +70,87 @@ def set_threads(dcfg) -> None:
         torch.set_num_threads(int(dcfg.torch_threads))
 
 
+def resolve_init_from(cfg: DictConfig) -> DictConfig:
+    """``init_from=<detector bundle or train run>``: fine-tune from the bundle's stage-1 checkpoint."""
+    init = cfg.get("init_from")
+    if not init or not Path(str(init)).is_dir():
+        return cfg
+    bundle = find_detector(OmegaConf.merge(cfg, {"ckpt_path": str(init)}))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    encoder = (manifest.get("detectors", {}).get("lstm_svm") or {}).get("encoder")
+    if not encoder:
+        raise UserError(f"init_from={init}: the bundle has no LSTM to fine-tune (it holds {manifest.get('primary')})")
+    log.info("fine-tuning from the detector bundle %s", bundle)
+    cfg = cfg.copy()
+    cfg.init_from = str(bundle / encoder)
+    return cfg
+
+
+def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best: str | None = None) -> tuple:
+    """The SVMs on windows from the training series, the baselines, and each one's operating point
+    calibrated on the validation series. Returns (primary detector, baselines, metrics)."""
+    dcfg = cfg.detector
+    started = time.monotonic()
+    s = dcfg.svm
+    # the pure SVM takes detector.svm with detector.pure_svm's keys on top (its own training sample)
+    pure = OmegaConf.merge(s, dcfg.get("pure_svm") or {})
+    train_ws = dm.windows("train", stride=s.stride)
+
+    def draw(c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, base, y = svm_training_set(train_ws, c.max_samples, c.hard_fraction, cfg.seed, c.get("positive_fraction"),
+                                      dm.hard_before)
+        if len(np.unique(y)) < 2:
+            raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
+        log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
+        return x, base, y
+
+    def svm_kwargs(c) -> dict:
+        return dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv, spec=dm.spec)
+
+    xv, bv, yv = dm.windows("val", stride=s.val_stride).arrays()
+    metrics: dict = {}
+
+    def report(name: str, det, y):
+        val = _scores(det, xv, bv, yv)
+        print(f"{det.status}: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
+        metrics.update({f"{name}/val_accuracy": val["accuracy"], f"{name}/val_f1": val["f1"], **_sample_metrics(name, y)})
+
+    svm = None
+    if kind == "svm" or dcfg.fallback_svm:
+        x, base, y = draw(pure)
+        svm = SVMDetector(**svm_kwargs(pure)).fit(x, y, base)
+        report("svm", svm, y)
+    detector = svm
+    if kind == "lstm_svm":
+        x, base, y = draw(s)
+        detector = LSTMSVMDetector(encoder, fallback=svm, **svm_kwargs(s)).fit(x, y, base)
+        detector.encoder_checkpoint = best
+        report("lstm_svm", detector, y)
+    baselines = []
+    if dcfg.get("baselines", True):  # the simple detectors every evaluation compares against
+        x, base, y = draw(pure)
+        baselines = [LogisticDetector(spec=dm.spec).fit(x, y, base), RiseDetector(spec=dm.spec).fit(x, y, base)]
+    metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
+
+    # operating points: each detector's alert threshold, chosen on the validation series
+    started = time.monotonic()
+    rules = AlertRules.from_config(cfg.alerts)
+    budget = float(cfg.alerts.false_alarms_per_day)
+    val_series = dm.series("val")
+    members = ([svm] if svm is not None else []) + ([detector] if detector is not svm else []) + baselines
+    for det in members:
+        probs = [series_probabilities(det, v) for v in val_series]
+        det.operating_point = calibrate(val_series, probs, rules, budget, float(cfg.evaluate.tolerance_s),
+                                        float(cfg.evaluate.grace_s))
+        op = det.operating_point
+        print(f"{det.status}: alert threshold p >= {op['probability']:g} "
+              f"({op['validation']['false_alerts_per_day']:.2f} false alerts a day on validation, budget {budget:g}"
+              f"{'' if op['met_budget'] else ', NOT met'})", flush=True)
+        metrics[f"{det.kind}/alert_probability"] = op["probability"]
+    metrics["calibration_seconds"] = round(time.monotonic() - started, 2)
+    return detector, baselines, metrics
+
+
 def run(cfg: DictConfig) -> dict:
     dcfg = cfg.detector
     set_threads(dcfg)
@@ -75,7 +160,7 @@ def run(cfg: DictConfig) -> dict:
     bundle_dir = runs.run_dir() / "detector"
     metrics: dict = {}
     threshold = ThresholdDetector(dcfg.threshold.warning_ppm, dcfg.threshold.danger_ppm)
-    best = None
+    best = encoder = None
 
     if kind == "threshold":
         runs.record_started(cfg)
@@ -85,7 +170,7 @@ def run(cfg: DictConfig) -> dict:
         return {"detector": "threshold", "warning_ppm": threshold.warning_ppm, "danger_ppm": threshold.danger_ppm}
 
     if kind == "lstm_svm":  # stage 1: the autoencoder through the shared runner
-        fitted = runner.fit(cfg)
+        fitted = runner.fit(resolve_init_from(cfg))
         dm: GasDataModule = fitted.datamodule
         best = fitted.best_checkpoint
         encoder = fitted.module
@@ -101,43 +186,11 @@ def run(cfg: DictConfig) -> dict:
         dm = instantiate(cfg.data, _convert_="all")
         dm.prepare_data()
 
-    # stage 2: the SVMs on windows from the training days, scored on the validation days
-    started = time.monotonic()
-    s = dcfg.svm
-    # the pure SVM takes detector.svm with detector.pure_svm's keys on top (its own training sample)
-    pure = OmegaConf.merge(s, dcfg.get("pure_svm") or {})
-
-    def draw(c) -> tuple[np.ndarray, np.ndarray]:
-        x, y = svm_training_set(dm.windows("train", stride=c.stride), c.max_samples, c.hard_fraction, cfg.seed,
-                                c.get("positive_fraction"), dm.hard_before)
-        if len(np.unique(y)) < 2:
-            raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
-        log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
-        return x, y
-
-    def svm_kwargs(c) -> dict:
-        return dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv)
-
-    xv, yv = dm.windows("val", stride=s.val_stride).arrays()
-    svm = None
-    if kind == "svm" or dcfg.fallback_svm:
-        x, y = draw(pure)
-        svm = SVMDetector(**svm_kwargs(pure)).fit(x, y)
-        val = _scores(svm, xv, yv)
-        print(f"pure SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
-        metrics |= {"svm/val_accuracy": val["accuracy"], "svm/val_f1": val["f1"], **_sample_metrics("svm", y)}
-    detector = svm
-    if kind == "lstm_svm":
-        x, y = draw(s)
-        detector = LSTMSVMDetector(encoder, fallback=svm, **svm_kwargs(s)).fit(x, y)
-        detector.encoder_checkpoint = best
-        val = _scores(detector, xv, yv)
-        print(f"LSTM+SVM: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
-        metrics |= {"lstm_svm/val_accuracy": val["accuracy"], "lstm_svm/val_f1": val["f1"],
-                    **_sample_metrics("lstm_svm", y)}
-    metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
-
-    save_bundle(bundle_dir, detector, threshold, train_metrics=metrics, config={"data": str(cfg.data._target_)})
+    detector, baselines, stage2 = fit_stage2(cfg, dm, kind, encoder, best)
+    metrics |= stage2
+    threshold.spec = dm.spec
+    save_bundle(bundle_dir, detector, threshold, baselines=tuple(baselines), train_metrics=metrics,
+                config={"data": str(cfg.data._target_)})
     runs.record_train(cfg, checkpoint=best, detector=str(bundle_dir))
     log.info("detector bundle: %s", bundle_dir)
     print(f"detector ({detector.status}) saved to {bundle_dir}", flush=True)

@@ -4,8 +4,9 @@ Pure logic (no I/O, no clock of its own), so the rules are tested by feeding it 
 
 Rules (the numbers are ``alerts.*`` in conf/task/gasleak.yaml):
 - model: a leak is confirmed after ``consecutive`` (3) windows in a row with probability >=
-  ``probability`` (0.7) -- the original system's rule against false alarms, the same rule the
-  evaluate mode measures latency with. Level ``warning``.
+  ``probability`` -- the detector's operating point, calibrated at training time to a false-alert
+  budget (or a fixed ``alerts.probability``, 0.7 in the original system). The evaluate mode replays
+  recorded series through this same engine (``replay``). Level ``warning``.
 - thresholds: ``threshold_samples`` readings in a row at or above ``warning_ppm`` (500) open a
   ``warning``, at or above ``danger_ppm`` (1000) a ``danger``, whatever the model says.
 - one sensor has at most one open leak alert; it escalates (warning -> danger) rather than
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
+
+import numpy as np
 
 LEVELS = ("info", "warning", "danger")
 RANK = {level: i for i, level in enumerate(LEVELS)}
@@ -37,6 +40,7 @@ class AlertRules:
     clear_samples: int = 10
     offline_after_s: float = 15.0
     offline_level: str = "info"
+    threshold_inactive_below: float = 0.01  # a clean-air baseline under this share of warning_ppm
 
     def __post_init__(self):
         if self.consecutive < 1 or self.threshold_samples < 1 or self.clear_samples < 1:
@@ -48,10 +52,26 @@ class AlertRules:
         if self.offline_level not in LEVELS:
             raise ValueError(f"alerts.offline_level must be one of {LEVELS}, not {self.offline_level!r}")
 
+    def threshold_status(self, baseline_ppm: float | None) -> str:
+        """Whether the ppm rule can protect a sensor with this clean-air baseline. An open-path laser
+        reads ~2 ppm and a release adds a few ppm: 500 ppm would never be reached, and saying so
+        beats silently never firing; the model's alerts are then that sensor's protection."""
+        if baseline_ppm is None:
+            return "unknown (warming up)"
+        if baseline_ppm < self.threshold_inactive_below * self.warning_ppm:
+            return (f"inactive: clean-air baseline {baseline_ppm:.3g} ppm is under "
+                    f"{100 * self.threshold_inactive_below:g} % of the {self.warning_ppm:g} ppm warning level")
+        return "active"
+
     @classmethod
-    def from_config(cls, cfg) -> "AlertRules":
+    def from_config(cls, cfg, operating_point: dict | None = None) -> "AlertRules":
+        """The rules of ``alerts.*``; ``alerts.probability: null`` takes the detector's calibrated
+        operating point (``operating_point["probability"]``), else the original 0.7."""
         names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+        kwargs = {k: v for k, v in dict(cfg).items() if k in names and v is not None}
+        if cfg.get("probability") is None and operating_point and operating_point.get("probability") is not None:
+            kwargs["probability"] = float(operating_point["probability"])
+        return cls(**kwargs)
 
 
 @dataclass
@@ -181,3 +201,42 @@ class AlertEngine:
             why.append(f"the detector confirmed a leak ({r.consecutive} windows in a row at p >= {r.probability:g}"
                        + (f", p={probability:.2f})" if probability is not None else ")"))
         return f"{level.upper()} sensor {sensor_id}: " + "; ".join(why)
+
+
+def replay(rules: AlertRules, times, gas, probs, sensor_id: str = "replay") -> list[dict]:
+    """Feed one recorded series through a fresh engine, as the service would, and return every leak
+    alert it opened (``start_ts``, ``end_ts`` — None if still open at the end —, level, causes).
+
+    ``probs`` holds each reading's window probability (NaN while warming up). Readings that cannot
+    change anything (no open alert, no run in progress, below every threshold) are jumped over: the
+    result is the same as observing them one by one, and a week of readings replays in a second."""
+    engine = AlertEngine(rules)
+    track = engine._track(sensor_id)
+    times = np.asarray(times, dtype=np.float64)
+    gas = np.asarray(gas, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    scored = ~np.isnan(probs)
+    active = np.flatnonzero((scored & (probs >= rules.probability)) | (gas >= rules.warning_ppm))
+    # the latest window probability at each reading, for the readings jumped over
+    last = np.where(scored, np.arange(len(probs)), -1)
+    np.maximum.accumulate(last, out=last)
+    alerts: list[dict] = []
+    i, k, n = 0, 0, len(times)
+    while True:
+        busy = track.leak is not None or track.positives > 0 or track.warn_run > 0
+        if not busy:
+            while k < len(active) and active[k] < i:
+                k += 1
+            if k == len(active):
+                break
+            i = int(active[k])
+            if i > 0 and last[i - 1] >= 0:
+                track.probability = float(probs[last[i - 1]])
+        if i >= n:
+            break
+        for event, alert in engine.observe(sensor_id, float(times[i]), float(gas[i]),
+                                           float(probs[i]) if scored[i] else None):
+            if event == "opened" and alert["kind"] == "leak":
+                alerts.append(alert)
+        i += 1
+    return alerts

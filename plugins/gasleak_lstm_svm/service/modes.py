@@ -128,7 +128,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
     sc, mc = cfg.serve, cfg.mqtt
     token = _token(cfg)
     try:
-        rules = AlertRules.from_config(cfg.alerts)
+        rules = AlertRules.from_config(cfg.alerts, detector.operating_point)  # the bundle's calibrated threshold
     except ValueError as exc:
         raise UserError(str(exc))
     wh = cfg.alerts.webhook
@@ -189,7 +189,8 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
         url = _url(host, port)
         print(f"dashboard: {url}/", flush=True)
         print(f"API docs:  {url}/docs   status: {url}/api/status", flush=True)
-        print(f"detector:  {pipeline.model_status()['model_type']} ({source})", flush=True)
+        print(f"detector:  {pipeline.model_status()['model_type']} ({source}); alert at {rules.consecutive} windows "
+              f"in a row at p >= {rules.probability:g}", flush=True)
         print(f"storage:   {db_path}", flush=True)
         if bridge is not None:
             print(f"MQTT:      {mc.host}:{mc.port} topics {bridge.sensor_topic}/<sensor_id> -> {bridge.alerts_topic}", flush=True)

@@ -3,7 +3,9 @@
 ``ingest`` is what HTTP, MQTT and the simulated nodes call. It validates, commits the readings
 to SQLite and only then returns (that return is the sender's acknowledgement), and queues them
 for detection. A detection thread scores the queued readings in rounds: per sensor it keeps the
-last 60 samples, scores every new full window (stride 1, batched across sensors in one
+last ``baseline_s + window`` samples (the detector's ``features.InputSpec``: each window is seen
+relative to the clean-air baseline of the minutes before it, computed here exactly as training
+and evaluate compute it), scores every new full window (stride 1, batched across sensors in one
 ``predict_proba`` call), and feeds reading + probability to the alert engine in time order. So a
 slow detector delays alerts but never an acknowledgement; if it falls more than
 ``max_windows_per_round`` windows behind on a sensor, the older windows of that round go unscored
@@ -29,32 +31,31 @@ from plugins.gasleak_lstm_svm.service.storage import Inserted, Storage
 
 log = logging.getLogger(__name__)
 
-WINDOW = 60
-
-
 class IngestError(ValueError):
     """A reading the service refuses (beyond what the schema checks); nothing was stored."""
 
 
 @dataclass
 class _Sensor:
-    buffer: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    buffer: deque               # the last InputSpec.history samples since the last gap
     last_ts: float | None = None
     last_seen: float | None = None     # server clock, for the offline rule
     latest: dict | None = None
     probability: float | None = None
+    baseline_ppm: float | None = None  # clean-air baseline of its newest window
     received: int = 0
     out_of_order: int = 0
 
 
 class Pipeline:
-    def __init__(self, detector, storage: Storage, rules: AlertRules, notifier=None, *, window: int = WINDOW,
+    def __init__(self, detector, storage: Storage, rules: AlertRules, notifier=None, *,
                  max_future_s: float = 300.0, max_gap_s: float = 10.0, max_windows_per_round: int = 256,
                  interval_s: float = 0.2, prune_every_s: float = 600.0, clock=time.time):
         self.detector = detector
         self.storage = storage
         self.notifier = notifier
-        self.window = int(window)
+        self.spec = detector.spec
+        self.window = self.spec.window
         self.max_future_s = float(max_future_s)
         self.max_gap_s = float(max_gap_s)
         self.max_windows_per_round = int(max_windows_per_round)
@@ -104,7 +105,7 @@ class Pipeline:
                 if not is_new:  # stored before, and queued for detection then
                     continue
                 self._pending.append((rid, *row))
-                sensor = self.sensors.setdefault(row[0], _Sensor())
+                sensor = self._sensor(row[0])
                 sensor.last_seen = arrived
                 sensor.received += 1
                 sensor.latest = shown | {"id": rid}
@@ -112,6 +113,11 @@ class Pipeline:
             self._idle.clear()
             self._wake.notify()
         return inserted
+
+    def _sensor(self, sensor_id: str) -> _Sensor:
+        if sensor_id not in self.sensors:
+            self.sensors[sensor_id] = _Sensor(deque(maxlen=self.spec.history))
+        return self.sensors[sensor_id]
 
     def pending(self) -> int:
         """Readings acknowledged but not yet through detection."""
@@ -151,11 +157,11 @@ class Pipeline:
             return 0
         t0 = time.perf_counter()
         batch.sort(key=lambda r: (r[1], r[2], r[0]))  # per sensor, in time order
-        windows = []
+        windows, bases = [], []
         plan = []  # (batch index, index of the window it ends or None, in time order)
         per_sensor_new: dict[str, list[int]] = {}
         for i, (rid, sid, ts, gas, temp, hum) in enumerate(batch):
-            sensor = self.sensors.setdefault(sid, _Sensor())
+            sensor = self._sensor(sid)
             if sensor.last_ts is not None and ts <= sensor.last_ts:
                 sensor.out_of_order += 1  # stored, but it cannot join a window
                 plan.append((i, None, False))
@@ -165,9 +171,12 @@ class Pipeline:
                 self.engine.reset_window(sid)
             sensor.last_ts = ts
             sensor.buffer.append((gas, temp, hum))
-            if len(sensor.buffer) == self.window:
+            if len(sensor.buffer) >= self.window:
                 per_sensor_new.setdefault(sid, []).append(len(plan))
-                windows.append(np.asarray(sensor.buffer, dtype=np.float32))
+                history = np.asarray(sensor.buffer, dtype=np.float64)
+                windows.append(history[-self.window:].astype(np.float32))
+                bases.append(self.spec.baseline_of_history(history))
+                sensor.baseline_ppm = float(bases[-1][0])
                 plan.append((i, len(windows) - 1, True))
             else:
                 plan.append((i, None, True))
@@ -186,7 +195,8 @@ class Pipeline:
                             "per round (skipped counts are in /api/status)", self.max_windows_per_round)
         probs = np.full(len(windows), np.nan)
         if keep.any():
-            probs[keep] = self._score(np.stack([w for w, k in zip(windows, keep) if k]))
+            probs[keep] = self._score(np.stack([w for w, k in zip(windows, keep) if k]),
+                                      np.stack([b for b, k in zip(bases, keep) if k]))
         scores, changed, notify = [], {}, []
         status = self.detector.status
         for i, w, in_order in plan:
@@ -210,15 +220,15 @@ class Pipeline:
                 self._idle.set()
         return len(batch)
 
-    def _score(self, windows: np.ndarray) -> np.ndarray:
+    def _score(self, windows: np.ndarray, bases: np.ndarray) -> np.ndarray:
         try:
-            return np.asarray(self.detector.predict_proba(windows))[:, 1]
+            return np.asarray(self.detector.predict_proba(windows, bases))[:, 1]
         except Exception as exc:
             from plugins.gasleak_lstm_svm.detector import ThresholdDetector
 
             self.model_fallback_reason = f"{self.detector.status} failed at run time ({type(exc).__name__}: {exc}); using the threshold rule"
             log.error("detector: %s", self.model_fallback_reason)
-            self.detector = ThresholdDetector()
+            self.detector = ThresholdDetector(self.engine.rules.warning_ppm, self.engine.rules.danger_ppm, spec=self.spec)
             return np.asarray(self.detector.predict_proba(windows))[:, 1]
 
     def check_offline(self) -> None:
@@ -268,6 +278,7 @@ class Pipeline:
         return {"is_trained": bool(getattr(d, "is_trained", False)), "model_type": d.status,
                 "device": str(getattr(d, "device", "cpu")),
                 "fallback_reason": self.model_fallback_reason or getattr(d, "fallback_reason", None),
+                "alert_probability": self.engine.rules.probability,
                 "source": getattr(self, "detector_source", None)}
 
     def sensor_views(self) -> list[dict]:
@@ -279,7 +290,8 @@ class Pipeline:
                 if state == "normal" and len(s.buffer) < self.window:
                     state = "warming_up"
                 views.append({"sensor_id": sid, "state": state, "latest": dict(s.latest) if s.latest else None,
-                              "probability": s.probability, "last_seen": s.last_seen, "readings": s.received})
+                              "probability": s.probability, "last_seen": s.last_seen, "readings": s.received,
+                              "baseline_ppm": s.baseline_ppm, "threshold_rule": self.engine.rules.threshold_status(s.baseline_ppm)})
         for view in views:
             if view["latest"] is not None:
                 view["latest"]["probability"] = view["probability"]

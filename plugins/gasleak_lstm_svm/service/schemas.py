@@ -135,6 +135,8 @@ class ModelStatus(BaseModel):
     model_type: Literal["PyTorch LSTM+SVM", "Pure SVM", "Threshold"]
     device: str
     fallback_reason: str | None = None
+    alert_probability: float | None = Field(None, description="the alert rule's probability threshold: the "
+                                            "detector's calibrated operating point unless alerts.probability is set")
     source: str | None = Field(None, description="the detector bundle in use")
 
 
@@ -145,6 +147,9 @@ class SensorStatus(BaseModel):
     probability: float | None
     last_seen: float | None = Field(None, description="server time the last reading arrived")
     readings: int = Field(description="readings received since the service started")
+    baseline_ppm: float | None = Field(None, description="clean-air baseline of the sensor's newest window")
+    threshold_rule: str | None = Field(None, description="whether the ppm threshold rule can fire for this sensor: "
+                                       "'active', or 'inactive: ...' when its clean-air baseline is far below warning_ppm")
 
 
 class AlertCounts(BaseModel):

@@ -107,6 +107,10 @@ function renderSensor(s) {
     el("span", {}, "hum ", el("b", {}, fmt(r.humidity, 1)), " %RH"),
     el("span", {}, "p(leak) ", el("b", {class: "prob"}, fmt(s.probability, 2))),
   );
+  // a sensor far below the ppm levels (an open-path laser at 2 ppm): say the threshold rule cannot fire
+  if (s.threshold_rule && s.threshold_rule.startsWith("inactive")) {
+    entry.values.append(el("span", {class: "rule-off", title: s.threshold_rule}, "ppm rule inactive"));
+  }
 }
 
 async function refreshStatus() {

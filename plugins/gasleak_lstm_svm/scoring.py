@@ -1,0 +1,173 @@
+"""What a user receives, measured: detectors scored through the service's own alert engine.
+
+Every test (or validation) series is scored at stride 1, as a live stream is, and its readings and
+window probabilities are replayed through ``service.alerts.AlertEngine`` (the same class the
+service runs: consecutive windows, threshold levels, closing after normal readings). From the
+alerts it opens:
+
+* per release (a run of label 1): detected when an alert is open at any time from ``tolerance_s``
+  before its labelled start to ``tolerance_s`` after its end; latency from the labelled start to the
+  opening of that alert (0 when it was already open);
+* false alerts: alerts opened outside every release, its ``tolerance_s`` before and
+  ``max(grace_s, tolerance_s)`` after; counted per day of clean-air time (label 0);
+* per window: precision/recall/F1/false-alarm rate of ``p >= operating probability``, leaving out
+  windows that end within ``tolerance_s`` of a label edge (uncertain labels).
+
+``calibrate`` picks a detector's operating probability on validation series to meet a false-alert
+budget; the same replay decides it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from plugins.gasleak_lstm_svm.data import Series, Windows, label_runs
+from plugins.gasleak_lstm_svm.service.alerts import AlertRules, replay
+
+DAY_S = 86400.0
+BATCH = 8192
+# candidate operating probabilities for calibration
+GRID = tuple(np.round(np.concatenate([np.arange(0.1, 0.95, 0.05), [0.95, 0.97, 0.98, 0.99, 0.995, 0.999]]), 3))
+
+
+def events_of(series: Series) -> list[dict]:
+    """Ground-truth events: the simulator's, else runs of label 1 (CSV), in sample indices."""
+    if series.events is not None:
+        return [{"start": int(e.start), "end": int(min(np.ceil(e.end), len(series))), "kind": e.kind} for e in series.events
+                if e.start < len(series)]
+    return [{"start": a, "end": b, "kind": "leak"} for a, b in label_runs(series.label)]
+
+
+def series_probabilities(det, series: Series) -> np.ndarray:
+    """Leak probability per sample of ``series`` (NaN until the first full window), stride 1."""
+    ws = Windows([series], det.spec.window, 1, spec=det.spec)
+    probs = np.full(len(series), np.nan)
+    for i in range(0, len(ws), BATCH):
+        idx = np.arange(i, min(i + BATCH, len(ws)))
+        x, base, _ = ws.arrays(idx)
+        probs[ws.ends[idx]] = det.predict_proba(x, base)[:, 1]
+    return probs
+
+
+def replay_series(rules: AlertRules, series: Series, probs: np.ndarray) -> list[dict]:
+    return replay(rules, series.time, series.signal[:, 0], probs)
+
+
+def score_alerts(series: Series, alerts: list[dict], tolerance_s: float = 0.0, grace_s: float = 60.0) -> dict:
+    """Per-release detection and latency, false alerts and clean-air time for one series."""
+    t = series.time
+    events = events_of(series)
+    after = max(grace_s, tolerance_s)
+    spans = [(t[e["start"]], t[e["end"] - 1]) for e in events]
+    out_events = []
+    for ev, (a, b) in zip(events, spans):
+        hit = [al for al in alerts if al["start_ts"] <= b + tolerance_s
+               and (al["end_ts"] is None or al["end_ts"] >= a - tolerance_s)]
+        first = min(hit, key=lambda al: al["start_ts"]) if hit else None
+        out_events.append({**ev, "detected": first is not None,
+                           "latency_s": None if first is None else max(0.0, float(first["start_ts"] - a))})
+    false = [al for al in alerts if not any(a - tolerance_s <= al["start_ts"] <= b + after for a, b in spans)]
+    first_start = spans[0][0] - tolerance_s if spans else np.inf
+    clean = ~np.asarray(series.label, dtype=bool)
+    dt = np.diff(t, append=t[-1] + 1) if len(t) else np.zeros(0)
+    return {"events": out_events, "false_alerts": [float(al["start_ts"]) for al in false],
+            "alert_before_release": any(al["start_ts"] < first_start for al in false),
+            "clean_seconds": float(dt[clean].sum()), "seconds": float(dt.sum())}
+
+
+def uncertain_windows(series: Series, ends: np.ndarray, tolerance_s: float) -> np.ndarray:
+    """True for windows whose last sample lies within ``tolerance_s`` of a label edge."""
+    if tolerance_s <= 0:
+        return np.zeros(len(ends), dtype=bool)
+    t = series.time
+    edges = t[np.flatnonzero(np.diff(series.label.astype(np.int8))) + 1]
+    if len(edges) == 0:
+        return np.zeros(len(ends), dtype=bool)
+    te = t[ends]
+    pos = np.searchsorted(edges, te)
+    near = np.full(len(te), np.inf)
+    for k in (pos - 1, pos):
+        ok = (k >= 0) & (k < len(edges))
+        near[ok] = np.minimum(near[ok], np.abs(te[ok] - edges[k[ok]]))
+    return near <= tolerance_s
+
+
+def window_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "precision": precision, "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "accuracy": (tp + tn) / max(tp + tn + fp + fn, 1),
+        "false_alarm_rate": fp / (fp + tn) if fp + tn else 0.0,
+        "confusion": [[tn, fp], [fn, tp]],
+    }
+
+
+def summarise(per_series: list[dict]) -> dict:
+    """Release and false-alert figures over many series' ``score_alerts`` results."""
+    events = [e for r in per_series for e in r["events"]]
+    lat = [e["latency_s"] for e in events if e["latency_s"] is not None]
+    clean_days = sum(r["clean_seconds"] for r in per_series) / DAY_S
+    n_false = sum(len(r["false_alerts"]) for r in per_series)
+    out = {
+        "events": len(events),
+        "events_detected": sum(e["detected"] for e in events),
+        "detection_rate": sum(e["detected"] for e in events) / len(events) if events else None,
+        "latency_median_s": float(np.median(lat)) if lat else None,
+        "latency_p90_s": float(np.percentile(lat, 90)) if lat else None,
+        "latency_max_s": float(np.max(lat)) if lat else None,
+        "false_alerts": n_false,
+        "false_alerts_per_day": n_false / clean_days if clean_days else None,
+        "false_alerts_per_week": 7 * n_false / clean_days if clean_days else None,
+        "series_alerted_before_release": sum(r["alert_before_release"] for r in per_series),
+        "clean_hours": clean_days * 24,
+        "monitored_hours": sum(r["seconds"] for r in per_series) / 3600,
+    }
+    for kind in sorted({e["kind"] for e in events}):
+        kl = [e["latency_s"] for e in events if e["kind"] == kind and e["latency_s"] is not None]
+        kn = [e for e in events if e["kind"] == kind]
+        out[f"latency_median_s/{kind}"] = float(np.median(kl)) if kl else None
+        out[f"detection_rate/{kind}"] = sum(e["detected"] for e in kn) / len(kn)
+    return out
+
+
+def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, false_alerts_per_day: float,
+              tolerance_s: float = 0.0, grace_s: float = 60.0, grid=GRID) -> dict:
+    """The operating probability for the alert rule: among the thresholds whose replayed false
+    alerts on ``series`` stay within ``false_alerts_per_day``, the one that detects the most releases,
+    then has the best per-window F1 (thousands of windows: a steadier guide than a handful of
+    latencies), then the higher threshold. When none meets the budget, the quietest.
+    The ppm threshold rule is left out here: its alerts do not depend on the probability, and on a
+    sensor that reaches those levels they would hide what the model alone detects."""
+    windows = []  # (labels, probabilities) of the windows that count, per series
+    for s, pr in zip(series, probs):
+        ends = np.flatnonzero(~np.isnan(pr))
+        keep = ends[~uncertain_windows(s, ends, tolerance_s)]
+        windows.append((s.label[keep].astype(np.int64), pr[keep]))
+    y = np.concatenate([w[0] for w in windows]) if windows else np.zeros(0, np.int64)
+    pw = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)
+    rows = []
+    for p in grid:
+        r = replace(rules, probability=float(p), warning_ppm=np.finfo(float).max / 2, danger_ppm=np.inf)
+        per = [score_alerts(s, replay_series(r, s, pr), tolerance_s, grace_s) for s, pr in zip(series, probs)]
+        sm = summarise(per)
+        rate = sm["false_alerts_per_day"] if sm["false_alerts_per_day"] is not None else 0.0
+        rows.append({"probability": float(p), "false_alerts_per_day": rate, "false_alerts": sm["false_alerts"],
+                     "detected": sm["events_detected"], "latency_median_s": sm["latency_median_s"],
+                     "window_f1": window_metrics(y, (pw >= p).astype(np.int64))["f1"]})
+    within = [r for r in rows if r["false_alerts_per_day"] <= false_alerts_per_day]
+    if within:
+        best = min(within, key=lambda r: (-r["detected"], -round(r["window_f1"], 3), -r["probability"]))
+    else:
+        best = min(rows, key=lambda r: (r["false_alerts_per_day"], -r["probability"]))
+    return {"probability": best["probability"], "consecutive": rules.consecutive, "calibrated": True,
+            "budget_false_alerts_per_day": float(false_alerts_per_day), "met_budget": bool(within),
+            "validation": {k: v for k, v in best.items() if k != "probability"},
+            "validation_clean_hours": sum(float((s.label == 0).sum()) for s in series) / 3600}
