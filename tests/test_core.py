@@ -321,8 +321,9 @@ def test_ddp_on_cpu_trains_the_gas_detector_and_fits_the_svms_once(run_cli, outp
     metrics = last_json_line(proc.stdout)
     (run,) = run_dirs(outputs, "gasleak")
     assert metrics["autoencoder/epochs"] == 1 and (run / "train_rank1.log").exists()
-    assert proc.stdout.count("LSTM+SVM: validation accuracy") == 1  # stage 2 on rank 0 only
-    assert proc.stdout.count("pure SVM: validation accuracy") == 1
+    validated = [line.split(":")[0] for line in proc.stdout.splitlines() if ": validation accuracy" in line]
+    assert validated and len(validated) == len(set(validated))  # stage 2 on rank 0 only: each SVM fitted once
+    assert proc.stdout.count("saved to") == 1  # one bundle, written by rank 0
     assert json.loads((run / "detector" / "manifest.json").read_text())["primary"] == "lstm_svm"
 
 
