@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import hydra
@@ -11,7 +12,7 @@ from omegaconf import DictConfig
 
 from framework import registry, runs
 from framework.cli import CONF_DIR
-from framework.errors import UserError
+from framework.errors import UserError, user_error_in
 
 log = logging.getLogger("framework")
 
@@ -54,10 +55,15 @@ def run(cfg: DictConfig):
 def _run_reporting_user_errors(cfg: DictConfig):
     try:
         return run(cfg)
-    except UserError as e:
+    except Exception as e:
+        error = user_error_in(e)  # also one a library wrapped (Hydra's instantiate does)
+        if error is None:
+            raise
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # a DDP rank > 0 shares rank 0's directory
+            runs.discard_if_empty()
         # Exit from inside the job: Hydra would otherwise add its own "Error executing job" line.
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(error.exit_code)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

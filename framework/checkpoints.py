@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,21 @@ def check_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without running any pickled code (weights_only=True)."""
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint without running any pickled code (weights_only=True).
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check that a file would load."""
     p = check_path(path)
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated, tampered or foreign file
-        raise UserError(f"cannot load checkpoint {p}: {str(e).splitlines()[0]}") from e
+        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        # torch's own message advises turning the protection off; to the holder of a hostile file, never.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"a reference to {found.group(1)}" if found else "Python objects other than tensors and plain values"
+        raise UserError(f"refused checkpoint {p}: it holds {what}, which could run code when loaded; "
+                        "it was not loaded") from None
+    except Exception as e:  # truncated or foreign file
+        raise UserError(f"cannot load checkpoint {p}: damaged or not a torch checkpoint ({str(e).splitlines()[0]})") from None
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from framework import registry, runs
 from framework.runs import override_key
-from framework.errors import UserError
+from framework.errors import UserError, user_error_in
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = ("info", "list")
@@ -175,11 +175,68 @@ def prepare(argv: list[str]) -> list[str] | None:
             if key == "init_from" and Path(value).is_dir():
                 continue  # a plugin's model directory (a gas detector bundle): the plugin resolves it
 
-            checkpoints.check_path(value)
+            checkpoints.load(value, mmap=True)  # refused here, before a run directory exists
+    if child is None:
+        check_types(plugin, overrides)
 
     if plugin.conf_package:
         overrides = add_search_path(overrides, f"pkg://{plugin.conf_package}")
     return flags + overrides
+
+
+def config_groups(plugin) -> set[str]:
+    """The config groups (``model``, ``trainer``, ...): the folders of conf/ and of the plugin's conf package."""
+    from importlib.resources import files
+
+    roots = [CONF_DIR] + ([files(plugin.conf_package)] if plugin.conf_package else [])
+    return {p.name for root in roots for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+
+
+def check_types(plugin, overrides: list[str]) -> None:
+    """Refuse `key=value` where the value cannot be what the setting holds (trainer.max_epochs=abc), before
+    any work starts: the type is the one the setting has in the composed defaults."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not override_key(o).startswith("hydra")])
+    groups = config_groups(plugin)
+    is_group = [o.key_or_group.split("/")[0] in groups for o in parsed]
+    checked = {"task", "mode", "ckpt_path", "init_from"}  # checked above; no need to compose for them
+    values = [o for o, group in zip(parsed, is_group)
+              if not group and not o.is_delete() and not o.is_add() and o.key_or_group not in checked]
+    if not values:
+        return
+    chosen = []  # the group options, a sweep's first one
+    for o, group in zip(parsed, is_group):
+        options = _values(o) if group and o.is_sweep_override() else None
+        if group and (options or not o.is_sweep_override()):
+            chosen.append(f"{o.key_or_group}={options[0] if options else o.get_value_element_as_str()}")
+    defaults = compose(chosen)
+    for o in values:
+        default = OmegaConf.select(defaults, o.key_or_group, default=None, throw_on_resolution_failure=False)
+        # A YAML default of 300 may well take 0.5: an integer default means a number, not an integer.
+        kind = "true or false" if type(default) is bool else "a number" if type(default) in (int, float) else None
+        if kind is None:
+            continue  # strings, lists, null defaults: anything goes, the plugin checks
+        for value in _values(o) or []:
+            is_number = type(value) in (int, float)
+            ok = value is None or (type(value) is bool if type(default) is bool else is_number) \
+                or (isinstance(value, str) and value.startswith("${"))
+            if not ok:
+                shown = str(value).lower() if isinstance(value, bool) else value
+                raise UserError(f"{o.key_or_group}={shown}: {o.key_or_group} takes {kind} (default {default})")
+
+
+def _values(override) -> list | None:
+    """An override's value, or each of a sweep's; None when Hydra cannot list them (an interval, a glob)."""
+    from hydra.errors import HydraException
+
+    if not override.is_sweep_override():
+        return [override.value()]
+    try:
+        return list(override.sweep_iterator())
+    except HydraException:
+        return None
 
 
 def add_search_path(overrides: list[str], entry: str) -> list[str]:
@@ -226,8 +283,17 @@ def task_lines() -> list[str]:
 
 
 def one_line(exc: BaseException) -> str:
-    """Hydra's message without its search-path listing, plus the first line of its cause."""
-    text = " ".join(str(exc).split("\n\n")[0].split())
+    """Hydra's message without its search-path listing, plus the options of a group and the first line of its cause."""
+    inner = user_error_in(exc)
+    if inner is not None:  # a plugin's own message, not Hydra's wrapping of it
+        return str(inner)
+    paragraphs = str(exc).split("\n\n")
+    text = " ".join(paragraphs[0].split())
+    for paragraph in paragraphs[1:]:
+        head, *options = paragraph.split("\n")
+        if head.startswith("Available options in"):
+            options = [o.strip() for o in options if o.startswith("\t") and "=" not in o]
+            text += f"; {head.rstrip(':').lower()}: {', '.join(options) or '(none)'}"
     cause = exc.__cause__
     if cause is not None and str(cause).strip() and str(cause).splitlines()[0] not in text:
         text += f" ({str(cause).splitlines()[0].strip()})"
@@ -236,6 +302,9 @@ def one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    secrets = runs.secret_values(argv)
+    if secrets and not isinstance(sys.stdout, runs.RedactingStream):
+        sys.stdout, sys.stderr = runs.RedactingStream(sys.stdout, secrets), runs.RedactingStream(sys.stderr, secrets)
     # Let Hydra raise instead of printing its own report, so user errors become one line here.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     from hydra.errors import HydraException

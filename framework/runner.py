@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 
 from framework import checkpoints, devices, runs
+from framework.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,18 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec and "_target_" in spec]
 
 
+class RecordStarted(pl.Callback):
+    """Records the run as the task's latest started one when training starts, not before: a run refused
+    while it is set up (a bad checkpoint, bad data) must not become what `ckpt_path=last` resumes."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            runs.record_started(self.cfg)
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     requested = str(cfg.trainer.accelerator)
     accelerator = devices.resolve_accelerator(requested)
@@ -67,11 +80,16 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     kwargs = dict(
         accelerator=accelerator,
         precision=devices.resolve_precision(cfg.trainer.precision, accelerator),
-        callbacks=build_callbacks(cfg),
+        callbacks=build_callbacks(cfg) + [RecordStarted(cfg)],
         logger=build_loggers(cfg) or False,
         plugins=[checkpoints.AtomicCheckpointIO()],
         default_root_dir=str(runs.run_dir()),
     )
+    sync_batchnorm = cfg.trainer.get("sync_batchnorm", False)
+    if sync_batchnorm is None:  # conf/trainer/ddp.yaml: synchronised batch norm where torch has it, on GPUs
+        kwargs["sync_batchnorm"] = accelerator in ("gpu", "cuda")
+    elif sync_batchnorm and accelerator not in ("gpu", "cuda"):
+        raise UserError(f"trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on {accelerator})")
     return instantiate(cfg.trainer, **kwargs, _convert_="all")
 
 
@@ -95,10 +113,6 @@ def requeued_checkpoint() -> str | None:
 def fit(cfg: DictConfig) -> FitResult:
     """Seed, build datamodule/module/trainer from config, and fit (resuming from `ckpt_path` if given)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    is_zero = os.environ.get("LOCAL_RANK", "0") == "0"
-    if is_zero:
-        runs.record_started(cfg)
-
     init = checkpoints.load(cfg.init_from) if cfg.get("init_from") else None
     datamodule = instantiate(cfg.data, _convert_="all")
     if init is not None and hasattr(datamodule, "adopt_checkpoint"):

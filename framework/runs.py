@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,25 @@ def record_started(cfg) -> None:
     _update_record(cfg.paths.outputs, cfg.task.name, latest_started={"run_dir": str(run_dir().resolve()), "time": time.time()})
 
 
+def discard_if_empty() -> bool:
+    """Remove this job's run directory when it holds nothing but what Hydra wrote at the start (.hydra/
+    and the log): a run refused before it produced anything leaves no directory behind."""
+    from hydra.core.hydra_config import HydraConfig
+
+    directory = run_dir()
+    saved = HydraConfig.get().output_subdir
+    for path in directory.rglob("*"):
+        inside_saved = saved is not None and path.relative_to(directory).parts[0] == saved
+        if path.is_file() and not inside_saved and path.suffix != ".log":
+            return False
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        directory.parent.rmdir()  # <task>/<mode>/ when this was its only run
+    except OSError:
+        pass
+    return True
+
+
 def record_train(cfg, checkpoint: str | os.PathLike | None, **artifacts: Any) -> None:
     """Mark the current run as the task's latest successful train run."""
     entry = {"run_dir": str(run_dir().resolve()), "time": time.time()}
@@ -72,6 +92,35 @@ def override_key(override: str) -> str:
 def is_secret(override: str) -> bool:
     _, sep, value = override.partition("=")
     return bool(sep) and value != REDACTED and bool(SECRET_KEY.search(override_key(override).rsplit(".", 1)[-1]))
+
+
+def secret_values(overrides: list[str], environ: dict | None = None) -> list[str]:
+    """The secrets a command line gives (sweeps too: `serve.token=a,b`) or the environment holds
+    (GASLEAK_API_TOKEN, *_PASSWORD), longest first; very short ones would redact ordinary text."""
+    found = set()
+    for override in overrides:
+        if is_secret(override):
+            value = override.split("=", 1)[1]
+            found |= {value, *value.split(",")}
+    env = os.environ if environ is None else environ
+    found |= {value for name, value in env.items() if SECRET_KEY.search(name)}
+    return sorted((v for v in found if len(v) >= 6), key=len, reverse=True)
+
+
+class RedactingStream:
+    """A text stream that writes REDACTED in place of each secret: Hydra prints overrides (a multirun's
+    `#0 : ...` lines) and configs (`--cfg job`) itself, with no hook to redact them."""
+
+    def __init__(self, stream, secrets: list[str]):
+        self._stream, self._secrets = stream, secrets
+
+    def write(self, text: str) -> int:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def redact_secrets() -> list[str]:

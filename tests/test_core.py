@@ -135,12 +135,40 @@ def test_secret_overrides_stay_out_of_saved_files(tiny, outputs):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
     # a sweep over secrets: neither the sweep's multirun.yaml nor any job keeps one
-    tiny("task=tiny", "train", "-m", "trainer.max_epochs=1", f"+serve.token={secret},{other}", "+db.password=hunter2-hunter2")
+    sweep_proc = tiny("task=tiny", "train", "-m", "trainer.max_epochs=1", f"+serve.token={secret},{other}",
+                      "+db.password=hunter2-hunter2")
+    assert "#0 : " in sweep_proc.stdout + sweep_proc.stderr  # Hydra printed the job's overrides ...
     (sweep,) = (outputs / "tiny" / "multirun" / "train").iterdir()
     swept = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
     assert {"+serve.token=<redacted>", "+db.password=<redacted>"} <= set(swept)
     for text in (secret, other, "hunter2"):
         assert files_holding(outputs, text) == [], text
+        assert text not in sweep_proc.stdout + sweep_proc.stderr, text  # ... without the secrets
+    shown = tiny("task=tiny", "train", "--cfg", "job", f"+serve.token={secret}", env={"GASLEAK_API_TOKEN": other})
+    assert yaml.safe_load(shown.stdout)["serve"]["token"] == "<redacted>" and secret not in shown.stdout + shown.stderr
+    resolved = tiny("task=tiny", "train", "--cfg", "job", "--resolve", "+serve.token=${oc.env:GASLEAK_API_TOKEN}",
+                    env={"GASLEAK_API_TOKEN": other})
+    assert other not in resolved.stdout + resolved.stderr
+
+
+def test_a_run_refused_before_training_is_not_the_one_to_resume(tiny, outputs, tmp_path):
+    tiny("task=tiny", "train", "trainer.max_epochs=1")
+    (first,) = run_dirs(outputs)
+    record = json.loads((outputs / "tiny" / "runs.json").read_text())
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"epoch": 0, "payload": _RunsCode()}, hostile)
+    assert_user_error(tiny("task=tiny", "train", f"ckpt_path={hostile}", check=False), "refused checkpoint")
+    time.sleep(1.1)  # run directories are named by the second
+    assert_user_error(tiny("task=tiny", "train", "data.path=/no/such/dir", check=False), "data path does not exist")
+    assert run_dirs(outputs) == [first]  # neither left a directory behind ...
+    assert json.loads((outputs / "tiny" / "runs.json").read_text()) == record  # ... nor became the latest run
+    out = tiny("task=tiny", "train", "ckpt_path=last", "trainer.max_epochs=2")
+    assert "resuming" in out.stderr and last_json_line(out.stdout)["epochs"] == 2 and run_dirs(outputs) == [first]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this-ran > /dev/null",))
 
 
 def test_torch_threads_applies_to_any_mode(tiny, outputs):
@@ -265,6 +293,38 @@ def test_ddp_two_cpu_processes_one_output_dir(tiny, outputs):
     jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["0", "1"]
     assert all((sweeps[0] / j / "metrics.json").exists() for j in jobs)
+
+
+DDP_CPU = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+           "trainer.enable_progress_bar=false")
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_the_music_model_with_its_batch_norm(run_cli, outputs, tmp_path):
+    tune = "X:{n}\nT:reel {n}\nM:4/4\nL:1/8\nK:D\n|:D2FA dAFA|B2GB dBGB|A2FA dAFA|BAGF E2D2:|\n\n"
+    (tmp_path / "abc" / "irish").mkdir(parents=True)
+    (tmp_path / "abc" / "irish" / "tunes.abc").write_text("".join(tune.format(n=n) for n in range(24)))
+    proc = run_cli("task=music", "train", "model=tiny", "data=abc_dir", f"data.path={tmp_path / 'abc'}", "data.seq_len=32",
+                   "data.batch_size=4", "data.batches_per_epoch=4", *DDP_CPU, timeout=300)
+    metrics = last_json_line(proc.stdout)
+    (run,) = run_dirs(outputs, "music")
+    assert metrics["epochs"] == 1 and "val/loss" in metrics and (run / "train_rank1.log").exists()
+    best = json.loads((outputs / "music" / "runs.json").read_text())["latest_train"]["checkpoint"]
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["norm"] == "batch"  # the default model's norm
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_the_gas_detector_and_fits_the_svms_once(run_cli, outputs):
+    from test_gas_train_eval import TINY
+
+    proc = run_cli("task=gasleak", "train", *TINY, *DDP_CPU, timeout=300)
+    metrics = last_json_line(proc.stdout)
+    (run,) = run_dirs(outputs, "gasleak")
+    assert metrics["autoencoder/epochs"] == 1 and (run / "train_rank1.log").exists()
+    validated = [line.split(":")[0] for line in proc.stdout.splitlines() if ": validation accuracy" in line]
+    assert validated and len(validated) == len(set(validated))  # stage 2 on rank 0 only: each SVM fitted once
+    assert proc.stdout.count("saved to") == 1  # one bundle, written by rank 0
+    assert json.loads((run / "detector" / "manifest.json").read_text())["primary"] == "lstm_svm"
 
 
 # --- configuration ------------------------------------------------------------------------------

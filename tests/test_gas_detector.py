@@ -178,6 +178,22 @@ def test_untrusted_types_are_refused_even_with_a_matching_hash(trained, tmp_path
         load_detector(bundle, kind="svm")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this-ran > /dev/null",))
+
+
+def test_a_hostile_lstm_checkpoint_with_a_matching_hash_is_refused_and_falls_back(trained, tmp_path):
+    bundle = copy_bundle(trained, tmp_path)
+    torch.save({"hyper_parameters": {}, "state_dict": {}, "payload": _RunsCode()}, bundle / "lstm.ckpt")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["lstm.ckpt"] = sha256(bundle / "lstm.ckpt")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    det = load_detector(bundle)
+    assert det.status == "Pure SVM" and "refused checkpoint" in det.fallback_reason
+    assert "weights_only" not in det.fallback_reason  # never the advice to turn the protection off
+
+
 def test_find_detector(trained, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(trained["bundle"], run / "detector")

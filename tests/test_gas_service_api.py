@@ -78,7 +78,7 @@ def test_sensor_data_filters(svc):
     rows = c.get("/api/sensor/data", params={"limit": 5}).json()["readings"]
     assert len(rows) == 5 and all(r["timestamp"] >= t0 + 47 for r in rows)  # the most recent five
     assert c.get("/api/sensor/data", params={"limit": 0}).status_code == 422
-    assert c.get("/api/sensor/data", params={"since": 10, "until": 5}).status_code == 422
+    assert c.get("/api/sensor/data", params={"since": 10, "until": 5}).json()["count"] == 0  # an empty range
     assert c.get("/api/sensor/data", params={"sensor_id": "a/b#"}).status_code == 422
 
 
@@ -119,7 +119,7 @@ def test_alert_history_filters_and_pagination(svc):
     batch = []
     for k in range(5):  # five sensors, each with one leak incident
         batch += series(f"s{k}", 90, leak_from=70, t0=t0, leak_gas=700.0 if k % 2 else 1500.0)
-    assert c.post("/api/sensor/readings", json=batch).status_code == 413  # 450 > max_batch=200
+    assert c.post("/api/sensor/readings", json=batch).status_code == 422  # 450 > max_batch=200
     for k in range(0, len(batch), 90):
         assert c.post("/api/sensor/readings", json=batch[k:k + 90]).status_code == 201
     svc.pipeline.drain()
@@ -204,12 +204,12 @@ def test_malformed_json_and_size_limits(svc):
     c = svc.client
     for raw in ("{", '{"sensor_id": "a",}', "[1, 2", "\x00\x01"):
         r = c.post("/api/sensor/readings", content=raw, headers={"content-type": "application/json"})
-        assert r.status_code == 400 and r.json()["detail"].startswith("malformed JSON"), raw
+        assert r.status_code == 400 and r.json()["message"].startswith("malformed JSON"), raw
     r = c.post("/api/sensor/readings", json=[reading() for _ in range(201)])
-    assert r.status_code == 413 and "limit of 200" in r.json()["detail"]
+    assert r.status_code == 422 and "limit of 200" in r.json()["message"]
     big = json.dumps([reading(sensor="x" * 64) for _ in range(100)]) + " " * 200_000
     r = c.post("/api/sensor/readings", content=big, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    assert r.status_code == 413 and "bytes" in r.json()["message"]
 
     def chunks():  # no Content-Length: the limit still holds
         for _ in range(30):
@@ -348,5 +348,74 @@ def test_notifications_carry_the_alert_as_it_was_at_each_event(tmp_path):
         s.pipeline.drain()
         alert_id = s.client.get("/api/alerts/history").json()["alerts"][0]["id"]
         assert recorder.events == [("opened", alert_id, "warning"), ("escalated", alert_id, "danger")]
+    finally:
+        s.close()
+
+
+# ---- issue 15: a request is wholly stored and acknowledged, or wholly refused with a 4xx -------------
+YEAR_ZERO = "0001-01-01T00:00:00+14:00"  # valid ISO 8601, but year 0 in UTC: no datetime can show it
+
+
+@pytest.mark.parametrize("body", [reading("y0", ts=YEAR_ZERO), [reading("y1"), reading("y0", ts=YEAR_ZERO), reading("y2")],
+                                  reading("y0", ts="1969-12-31T23:59:59Z"), reading("y0", ts="2286-11-21T00:00:00Z")],
+                         ids=["single", "in a batch of three", "before 1970", "after 2285"])
+def test_a_timestamp_the_service_cannot_show_is_refused_before_anything_is_stored(svc, body):
+    r = svc.client.post("/api/sensor/readings", json=body)
+    assert r.status_code == 422 and "timestamp" in r.json()["message"], r.text
+    assert svc.count() == 0
+    for params in ({"sensor_id": "y0"}, {"until": 0}, {"limit": 10000}):  # reads keep working
+        assert svc.client.get("/api/sensor/data", params=params).status_code == 200
+    assert svc.client.post("/api/sensor/readings", json=reading("y0")).status_code == 201  # the next one is detected
+    svc.pipeline.drain()
+    assert {s["sensor_id"]: s["readings"] for s in svc.client.get("/api/status").json()["sensors"]} == {"y0": 1}
+
+
+@pytest.mark.parametrize("params", [{"offset": 2**63}, {"offset": -1}, {"limit": 2**70}, {"since": 1e300},
+                                    {"until": "nan"}, {"since": "inf"}])
+def test_every_query_parameter_is_bounded(svc, params):
+    r = svc.client.get("/api/alerts/history", params=params)
+    assert r.status_code == 422 and isinstance(r.json()["detail"], list), r.text
+
+
+def test_readings_older_than_the_retention_are_refused_not_silently_pruned(tmp_path):
+    storage = Storage(tmp_path / "retention.sqlite", retention_hours=1)
+    client = TestClient(create_app(Pipeline(ThresholdDetector(), storage, AlertRules()), ServiceSettings()))
+    try:
+        r = client.post("/api/sensor/readings", json=[reading("a"), reading("a", ts=time.time() - 2 * 3600)])
+        assert r.status_code == 422 and "retention" in r.json()["message"] and "readings[1]" in r.json()["message"]
+        assert storage.count_readings() == 0
+        assert client.post("/api/sensor/readings", json=reading("a", ts=time.time() - 1800)).status_code == 201
+        assert storage.prune() == 0 and storage.count_readings() == 1  # what was acknowledged stays
+    finally:
+        storage.close()
+
+
+def test_a_retried_request_is_not_stored_twice(svc):
+    body = series("r", 70, leak_from=60)
+    first = svc.client.post("/api/sensor/readings", json=body).json()
+    again = svc.client.post("/api/sensor/readings", json=body[-20:] + [reading("r", ts=body[-1]["timestamp"] + 1)]).json()
+    assert first["duplicates"] == 0 and again["duplicates"] == 20 and again["ids"][:20] == first["ids"][-20:]
+    assert svc.count() == 71
+    svc.pipeline.drain()
+    assert svc.client.get("/api/alerts/history").json()["total"] == 1  # the retry did not alert again
+
+
+def test_every_error_has_the_documented_shape(tmp_path):
+    s = Service(tmp_path / "shapes.sqlite", token=TOKEN)
+    try:
+        c = s.client
+        for r in (c.post("/api/sensor/readings", json=reading()), c.get("/nowhere"), c.put("/api/status"),
+                  c.post("/api/sensor/readings", content="{", headers={"content-type": "application/json",
+                                                                          "authorization": f"Bearer {TOKEN}"}),
+                  c.get("/api/sensor/data", params={"limit": 0})):
+            body = r.json()
+            assert r.status_code in (400, 401, 404, 405, 422) and set(body) == {"detail", "message"}, r.text
+            assert body["detail"] and all(set(item) == {"type", "loc", "msg"} for item in body["detail"])
+        spec = c.get("/openapi.json").json()
+        post = spec["paths"]["/api/sensor/readings"]["post"]
+        assert {"201", "400", "401", "413", "422"} <= set(post["responses"])
+        assert post["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
+        batch = post["requestBody"]["content"]["application/json"]["schema"]["oneOf"][1]
+        assert batch["minItems"] == 1 and batch["maxItems"] == 200  # this service's serve.max_batch
     finally:
         s.close()

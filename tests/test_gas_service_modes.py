@@ -269,3 +269,86 @@ def test_demo_from_a_fresh_outputs_dir_trains_then_detects_the_leak(outputs):
     from framework import runs
 
     assert runs.latest_train("gasleak", outputs)["detector"].endswith("detector")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed (.ci/run installs it)")
+def test_every_mqtt_reading_the_broker_acknowledged_is_stored_once_across_a_service_crash(outputs, tmp_path,
+                                                                                          threshold_bundle):
+    """Sensors publish (QoS 1) while the service is SIGKILLed and started again: the broker keeps the
+    service's persistent session, so what arrived meanwhile and what was delivered but not acknowledged
+    reaches the store, and a redelivered reading already committed is not stored a second time."""
+    import json
+
+    import paho.mqtt.client as paho
+
+    broker = Broker(tmp_path, free_port(), extra="max_queued_messages 0\n").start()  # 0: the queue is unbounded
+    db = tmp_path / "crash.sqlite"
+    args = ("task=gasleak", "serve", f"ckpt_path={threshold_bundle}", "serve.port=0", f"storage.path={db}",
+            "mqtt.enabled=true", f"mqtt.port={broker.port}")
+    sensor = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="crash-test-sensors")
+    sensor.max_queued_messages_set(0)
+    sensor.connect("127.0.0.1", broker.port)
+    sensor.loop_start()
+    sent: list[tuple[str, float, paho.MQTTMessageInfo]] = []
+    stop = threading.Event()
+    t0 = time.time() - 600
+
+    def publish():
+        i = 0
+        while not stop.is_set():
+            for k in range(4):
+                ts = t0 + i * 0.01
+                body = {"timestamp": ts, "gas_concentration": 50.0, "temperature": 20.0, "humidity": 40.0}
+                sent.append((f"c{k}", ts, sensor.publish(f"gas_detection/sensor/c{k}", json.dumps(body), qos=1)))
+            i += 1
+            time.sleep(0.004)
+
+    def stored() -> int:
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    first = ServiceProcess(outputs, *args)
+    second = None
+    publisher = threading.Thread(target=publish, daemon=True)
+    try:
+        first.url()
+        first.wait_for(r"MQTT \(service\): connected", 30)
+        publisher.start()
+        assert wait_until(lambda: stored() >= 1000, 60), stored()
+        first.proc.kill()  # SIGKILL mid-stream: readings in its inbox, commits without their PUBACK
+        first.proc.wait(10)
+        time.sleep(1.5)  # sensors go on publishing to the broker while the service is down
+        second = ServiceProcess(outputs, *args)
+        second.url()
+        time.sleep(1.0)
+        stop.set()
+        publisher.join(10)
+        for _, _, info in sent:
+            info.wait_for_publish(30)
+        # (timestamps are kept to the microsecond: compare them to the millisecond)
+        acknowledged = [(sid, round(ts, 3)) for sid, ts, info in sent if info.is_published()]
+        assert len(acknowledged) == len(sent)  # the broker never went away
+        assert wait_until(lambda: stored() >= len(acknowledged), 90), (stored(), len(acknowledged))
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.finish() == 0, second.output[-3000:]
+    finally:
+        stop.set()
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+        sensor.loop_stop()
+        sensor.disconnect()
+        broker.stop()
+    assert first.proc.returncode == -signal.SIGKILL
+    with sqlite3.connect(db) as conn:
+        counts = dict(((sid, round(ts, 3)), n) for sid, ts, n in
+                      conn.execute("SELECT sensor_id, ts, COUNT(*) FROM readings GROUP BY sensor_id, ts"))
+    missing = [key for key in acknowledged if key not in counts]
+    twice = {key: n for key, n in counts.items() if n > 1}
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged readings lost"
+    assert not twice, f"{len(twice)} readings stored more than once"
+    assert len(counts) == len(acknowledged)

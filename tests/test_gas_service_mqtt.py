@@ -45,9 +45,9 @@ def wait_until(predicate, timeout=15.0, step=0.05) -> bool:
 class Broker:
     """mosquitto on a loopback port, from a config file (the form Debian's 2.0 accepts)."""
 
-    def __init__(self, tmp: Path, port: int):
+    def __init__(self, tmp: Path, port: int, extra: str = ""):
         self.port, self.conf = port, tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}")
         self.proc = None
 
     def start(self):
@@ -187,3 +187,26 @@ def test_broker_outage_is_reported_once_http_keeps_working_and_it_reconnects(tmp
         bridge.stop()
         storage.close()
         broker.stop()
+
+
+def test_a_burst_with_one_refused_reading_stores_each_good_one_once(tmp_path, broker):
+    storage, bridge, notifier, pipeline = make_service(tmp_path, broker.port)
+    sensor = MqttBridge("127.0.0.1", broker.port, name="nodes").start()
+    try:
+        assert bridge.wait_connected(10) and sensor.wait_connected(10)
+        time.sleep(0.3)
+        now = time.time()
+        burst = [{"sensor_id": "b", "timestamp": now - 60 + i, "gas_concentration": 50.0, "temperature": 20.0,
+                  "humidity": 40.0} for i in range(50)]
+        burst.insert(25, dict(burst[0], timestamp=now + 86400))  # passes the schema, refused by the pipeline
+        for info in [sensor.publish_reading(r) for r in burst]:
+            info.wait_for_publish(10)
+        assert wait_until(lambda: bridge.received + bridge.rejected == 51), (bridge.received, bridge.rejected)
+        assert (bridge.received, bridge.rejected) == (50, 1)
+        assert storage.count_readings() == 50
+    finally:
+        sensor.stop()
+        pipeline.stop()
+        notifier.close()
+        bridge.stop()
+        storage.close()

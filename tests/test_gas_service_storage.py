@@ -10,7 +10,7 @@ from plugins.gasleak_lstm_svm.detector import ThresholdDetector
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
 from plugins.gasleak_lstm_svm.service.schemas import Reading
-from plugins.gasleak_lstm_svm.service.storage import Storage
+from plugins.gasleak_lstm_svm.service.storage import SCHEMA, Storage
 
 
 def readings(sensor, n, t0, gas=lambda i: 60.0):
@@ -57,8 +57,10 @@ def test_retention_prunes_old_readings_and_their_scores(tmp_path):
     storage = Storage(tmp_path / "prune.sqlite", retention_hours=1)
     try:
         now = time.time()
-        pipeline = Pipeline(ThresholdDetector(), storage, AlertRules())
-        pipeline.ingest(readings("old", 100, now - 3 * 3600), "http")
+        clock = [now - 3 * 3600]  # the old readings were fresh when they arrived
+        pipeline = Pipeline(ThresholdDetector(), storage, AlertRules(), clock=lambda: clock[0])
+        pipeline.ingest(readings("old", 100, now - 3 * 3600 - 100), "http")
+        clock[0] = now
         pipeline.ingest(readings("new", 100, now - 100), "http")
         pipeline.drain()
         assert storage.count_readings() == 200
@@ -80,7 +82,7 @@ def test_concurrent_writers_share_commits_and_lose_nothing(tmp_path):
 
         def writer(k):
             for i in range(100):
-                got = storage.insert_readings([(f"s{k}", float(i), 1.0, 2.0, 3.0)], "http")
+                got = storage.insert_readings([(f"s{k}", float(i), 1.0, 2.0, 3.0)], "http").ids
                 with lock:
                     ids.extend(got)
 
@@ -94,5 +96,20 @@ def test_concurrent_writers_share_commits_and_lose_nothing(tmp_path):
         assert storage.commits <= 800
         with sqlite3.connect(storage.path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        storage.close()
+
+
+def test_a_database_with_duplicated_readings_is_cleaned_once(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # as an earlier version left it: no unique index, a group stored twice
+        conn.executescript(SCHEMA)  # the tables without the unique index
+        rows = [("a", 100.0 + i, 50.0, 20.0, 40.0, 0.0, "mqtt") for i in range(5)]
+        conn.executemany("INSERT INTO readings (sensor_id, ts, gas, temperature, humidity, received, source) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", rows + rows[:3])
+    storage = Storage(path)
+    try:
+        assert storage.count_readings() == 5
+        assert storage.insert_readings([rows[0][:5]], "mqtt").new == [False]
     finally:
         storage.close()

@@ -471,8 +471,7 @@ def _load_pipeline(bundle: Path, manifest: dict, name: str):
 
 def _load_encoder(bundle: Path, manifest: dict, name: str, device: str | None):
     """The stage-1 autoencoder; raises (anything) when it cannot be loaded so the caller falls back."""
-    import torch
-
+    from framework import checkpoints
     from plugins.gasleak_lstm_svm.model import LSTMAutoencoder
 
     path = bundle / name
@@ -480,7 +479,7 @@ def _load_encoder(bundle: Path, manifest: dict, name: str, device: str | None):
         raise FileNotFoundError(f"{name} is missing")
     if sha256(path) != manifest["files"].get(name):
         raise ValueError(f"{name} does not match its sha256 in manifest.json (corrupt or replaced)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = checkpoints.load(path)  # weights only; a refusal says why without torch's advice to turn that off
     module = LSTMAutoencoder(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
     return module

@@ -178,6 +178,8 @@ def run(cfg: DictConfig) -> dict:
             encoder.load_state_dict(checkpoints.load(best)["state_dict"])
         metrics |= {f"autoencoder/{k.replace('/', '_')}": v for k, v in fitted.metrics.items()}
         metrics |= {f"autoencoder/{k.replace('/', '_')}": v for k, v in runner.test(fitted, cfg).items()}
+        if not fitted.trainer.is_global_zero:
+            return {}  # DDP: stage 2 (one process's job) and the bundle are rank 0's
     else:
         pl.seed_everything(cfg.seed, verbose=False)
         runs.record_started(cfg)

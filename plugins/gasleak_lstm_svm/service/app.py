@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
+from http import HTTPStatus
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from framework import serving
 from plugins.gasleak_lstm_svm.service.pipeline import IngestError, Pipeline
 from plugins.gasleak_lstm_svm.service.schemas import (
-    SENSOR_ID_PATTERN, AlertOut, AlertsPage, IngestResult, Level, Reading, ReadingOut, ReadingsPage,
-    Status, iso)
+    EPOCH_MAX, SENSOR_ID_PATTERN, AlertOut, AlertsPage, ErrorOut, IngestResult, Level, Reading, ReadingOut,
+    ReadingsPage, Status, iso)
 
 STATIC = Path(__file__).with_name("static")
 _READINGS = TypeAdapter(list[Reading])
@@ -53,16 +55,14 @@ require_token = serving.require_bearer("serve.token / GASLEAK_API_TOKEN")  # the
 
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 SensorIdQuery = Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN, description="only this sensor")]
-Since = Annotated[float | None, Query(ge=0, description="Unix seconds, inclusive")]
-Until = Annotated[float | None, Query(ge=0, description="Unix seconds, inclusive")]
-
-
-def _check_range(since: float | None, until: float | None) -> None:
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and not math.isfinite(value):
-            raise HTTPException(422, f"{name} must be a finite number of Unix seconds")
-    if since is not None and until is not None and since > until:
-        raise HTTPException(422, f"since ({since}) is after until ({until})")
+# since after until is not an error: the range is empty, and so is the answer.
+Since = Annotated[float | None, Query(ge=0, le=EPOCH_MAX, allow_inf_nan=False, description="Unix seconds, inclusive")]
+Until = Annotated[float | None, Query(ge=0, le=EPOCH_MAX, allow_inf_nan=False, description="Unix seconds, inclusive")]
+# Every response a client can get, in one shape (a generated client is never surprised).
+ERRORS = {code: {"model": ErrorOut, "description": text} for code, text in (
+    (404, "no such resource"), (405, "method not allowed here"), (422, "a parameter or the body is invalid"))}
+WRITE_ERRORS = {code: {"model": ErrorOut, "description": text} for code, text in (
+    (401, "missing or wrong bearer token"), (413, "request body over serve.max_body_bytes"))}
 
 
 def _alert_out(alert: dict) -> AlertOut:
@@ -111,8 +111,8 @@ INGEST_BODY = {
         "required": True,
         "content": {"application/json": {"schema": {"oneOf": [
             _READING_SCHEMA,
-            {"type": "array", "items": _READING_SCHEMA},
-            {"type": "object", "properties": {"readings": {"type": "array", "items": _READING_SCHEMA}},
+            {"type": "array", "items": _READING_SCHEMA, "minItems": 1},
+            {"type": "object", "properties": {"readings": {"type": "array", "items": _READING_SCHEMA, "minItems": 1}},
              "required": ["readings"], "additionalProperties": False},
         ]}}},
     }
@@ -121,10 +121,13 @@ INGEST_BODY = {
 
 @sensors.post("/readings", status_code=201, response_model=IngestResult, dependencies=[Depends(require_token)],
               summary="Store one reading or a batch (an object, a list, or {\"readings\": [...]})",
+              description="All or nothing: one refused reading refuses the request, and nothing is stored. A reading "
+                          "stamped more than serve.max_future_s ahead of the server's clock, or older than "
+                          "storage.retention_hours, is refused with 422 (it would be pruned unseen).",
               openapi_extra=INGEST_BODY,
-              responses={401: {"description": "missing or wrong bearer token"},
-                         413: {"description": "batch or body too large"},
-                         422: {"description": "a reading is invalid; nothing was stored"}})
+              responses={**WRITE_ERRORS,
+                         400: {"model": ErrorOut, "description": "the body is not JSON"},
+                         422: {"model": ErrorOut, "description": "a reading is invalid; nothing was stored"}})
 def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeline: PipelineDep,
                   settings: Annotated[ServiceSettings, Depends(get_settings)]) -> IngestResult:
     if isinstance(payload, dict) and "readings" in payload:
@@ -145,16 +148,18 @@ def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeli
     if not items:
         raise RequestValidationError([{"type": "too_short", "loc": prefix, "msg": "the batch is empty"}])
     if len(items) > settings.max_batch:
-        raise HTTPException(413, f"batch of {len(items)} readings is over the limit of {settings.max_batch} (serve.max_batch)")
+        # the limit is in the OpenAPI document (maxItems), so this is a validation error like any other
+        raise RequestValidationError([{"type": "too_long", "loc": prefix, "msg": f"batch of {len(items)} readings is "
+                                       f"over the limit of {settings.max_batch} (serve.max_batch)"}])
     try:
         readings = _READINGS.validate_python(items)
     except ValidationError as exc:  # one bad reading refuses the whole batch: nothing is stored
         raise RequestValidationError(_prefixed(exc, prefix, drop_index=single))
     try:
-        ids = pipeline.ingest(readings, "http")
+        inserted = pipeline.ingest(readings, "http")
     except IngestError as exc:
-        raise HTTPException(422, str(exc))
-    return IngestResult(accepted=len(ids), ids=ids)
+        raise RequestValidationError([{"type": "value_error", "loc": prefix, "msg": str(exc)}])
+    return IngestResult(accepted=len(inserted.ids), ids=inserted.ids, duplicates=inserted.new.count(False))
 
 
 def _prefixed(exc: ValidationError, prefix: tuple, drop_index: bool = False) -> list[dict]:
@@ -170,7 +175,6 @@ def _prefixed(exc: ValidationError, prefix: tuple, drop_index: bool = False) -> 
 @sensors.get("/data", response_model=ReadingsPage, summary="Recent readings (oldest first) with the detector's probability")
 def get_sensor_data(pipeline: PipelineDep, sensor_id: SensorIdQuery = None, since: Since = None, until: Until = None,
                     limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> ReadingsPage:
-    _check_range(since, until)
     rows = pipeline.storage.readings(sensor_id=sensor_id, since=since, until=until, limit=limit)
     out = [ReadingOut(id=r["id"], sensor_id=r["sensor_id"], timestamp=r["ts"], time=iso(r["ts"]),
                       gas_concentration=r["gas"], temperature=r["temperature"], humidity=r["humidity"],
@@ -187,8 +191,7 @@ def get_alert_history(pipeline: PipelineDep, sensor_id: SensorIdQuery = None, le
                       state: Annotated[Literal["open", "closed"] | None, Query(description="open or closed")] = None,
                       acknowledged: bool | None = None, since: Since = None, until: Until = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> AlertsPage:
-    _check_range(since, until)
+                      offset: Annotated[int, Query(ge=0, le=2**62)] = 0) -> AlertsPage:
     total, rows = pipeline.storage.alerts(sensor_id=sensor_id, level=level, kind=kind,
                                           open_only=None if state is None else state == "open",
                                           acknowledged=acknowledged, since=since, until=until, limit=limit, offset=offset)
@@ -197,7 +200,7 @@ def get_alert_history(pipeline: PipelineDep, sensor_id: SensorIdQuery = None, le
 
 @alerts.post("/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(require_token)],
              summary="Acknowledge an alert (idempotent)",
-             responses={401: {"description": "missing or wrong bearer token"}, 404: {"description": "no such alert"}})
+             responses={**WRITE_ERRORS, 404: {"model": ErrorOut, "description": "no such alert"}})
 def ack_alert(alert_id: Annotated[int, PathParam(ge=1, le=2**62)], pipeline: PipelineDep) -> AlertOut:
     alert = pipeline.storage.acknowledge(alert_id)
     if alert is None:
@@ -245,25 +248,48 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _too_large(self, send):
-        body = json.dumps({"detail": f"request body over the limit of {self.max_bytes} bytes (serve.max_body_bytes)"}).encode()
+        body = json.dumps(error_body(413, f"request body over the limit of {self.max_bytes} bytes (serve.max_body_bytes)")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
+def error_body(status: int, message: str, errors: list[dict] | None = None) -> dict:
+    """The one error shape (``ErrorOut``): the list of what is wrong, and one readable line."""
+    return {"detail": errors or [{"type": HTTPStatus(status).name.lower(), "loc": [], "msg": message}], "message": message}
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in exc.errors()]
-    if any(err.get("type") == "json_invalid" for err in errors):
+    errors = [{"type": err["type"], "loc": list(err["loc"]), "msg": err["msg"]} for err in exc.errors()]
+    if any(err["type"] == "json_invalid" for err in errors):
         ctx = next((e.get("ctx", {}) for e in exc.errors() if e.get("type") == "json_invalid"), {})
-        return JSONResponse({"detail": f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"}, status_code=400)
+        message = f"malformed JSON: {ctx.get('error', 'cannot parse the body')}"
+        return JSONResponse(error_body(400, message, [{"type": "json_invalid", "loc": ["body"], "msg": message}]),
+                            status_code=400)
     summary = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:5])
     if len(errors) > 5:
         summary += f"; and {len(errors) - 5} more"
-    return JSONResponse({"detail": errors, "message": summary}, status_code=422)
+    return JSONResponse(error_body(422, summary, errors), status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document, with this service's batch limit in the ingest body's schema."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        body = schema["paths"]["/api/sensor/readings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        for shape in (body["oneOf"][1], body["oneOf"][2]["properties"]["readings"]):
+            shape["maxItems"] = app.state.settings.max_batch
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> FastAPI:
     app = serving.new_app(  # offline /docs
+        responses=ERRORS,
         title="Gas-leak detection service",
         description="Live readings in, leak alerts out: an LSTM+SVM detector with pure-SVM and threshold fallbacks.",
         version="1.0",
@@ -272,6 +298,8 @@ def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> F
     app.state.settings = settings or ServiceSettings()
     app.state.token = app.state.settings.token
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.openapi = lambda: _openapi(app)
     for router in (health, status, sensors, alerts, dashboard):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -28,12 +28,14 @@ TOKEN_ENV = "GASLEAK_API_TOKEN"
 
 
 def demo(cfg: DictConfig) -> dict:
+    _check_ports(cfg)
     _token(cfg)  # refuse an unprotected public bind before anything slow
     detector, source = _detector(cfg, train_if_missing=True)
     return _run_service(cfg, detector, source, simulate=True)
 
 
 def serve(cfg: DictConfig) -> dict:
+    _check_ports(cfg)
     _token(cfg)
     detector, source = _detector(cfg, train_if_missing=False)
     return _run_service(cfg, detector, source, simulate=False)
@@ -62,6 +64,13 @@ def _detector(cfg: DictConfig, train_if_missing: bool):
 
 
 # ---- the service ---------------------------------------------------------------------------------
+def _check_ports(cfg: DictConfig) -> None:
+    for key in ("serve.port", "mqtt.port"):
+        port = OmegaConf.select(cfg, key)
+        if not 0 <= int(port) <= 65535:
+            raise UserError(f"{key}={port}: a TCP port is 0 to 65535")
+
+
 def _token(cfg: DictConfig) -> str | None:
     token = cfg.serve.get("token") or os.environ.get(TOKEN_ENV) or None
     return serving.check_token(str(cfg.serve.host), token, f"set {TOKEN_ENV} (or serve.token)")
@@ -101,6 +110,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
     if mc.enabled:
         bridge = MqttBridge(str(mc.host), int(mc.port), topic_prefix=str(mc.topic_prefix), qos=int(mc.qos),
                             keepalive=int(mc.keepalive), reconnect_max_s=float(mc.reconnect_max_s),
+                            client_id=str(mc.client_id), session_expiry_s=int(mc.session_expiry_s),
                             username=mc.get("username"), password=mc.get("password") or os.environ.get("GASLEAK_MQTT_PASSWORD"))
     notifier = Notifier(wh.url, timeout_s=wh.timeout_s, retries=wh.retries, backoff_s=wh.backoff_s,
                         publish=bridge.publish_alert if bridge else None)
@@ -155,8 +165,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
         if nodes is not None:
             nodes.stop()
         server.close()
-        if bridge is not None:
-            bridge.client.unsubscribe(f"{bridge.sensor_topic}/+")
+        # no unsubscribe: the broker keeps queueing for this client's session until it is back
         pipeline.stop()
         notifier.close()
         for b in (publisher, bridge):

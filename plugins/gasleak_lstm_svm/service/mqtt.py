@@ -11,6 +11,12 @@ it; a store thread hands everything queued to the pipeline in one call (one SQLi
 then sends the QoS 1 PUBACKs, in the order the messages came. So an acknowledged MQTT reading is on
 disk like an acknowledged HTTP one, and a burst of messages shares one fsync instead of one each.
 A payload that is refused is acknowledged too (redelivering it would not make it valid).
+
+Surviving a crash: the service's client has a stable client id and a persistent MQTT 5 session
+(``clean_start=False`` with a session expiry), so the broker keeps its subscription while it is
+down, queues what sensors publish meanwhile, and redelivers what it had delivered but not yet had
+acknowledged. A redelivered reading that was already committed is not stored twice (storage's
+idempotent ingest). Publishers (the demo's nodes) keep a clean session.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ import uuid
 from typing import Callable
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from plugins.gasleak_lstm_svm.service.pipeline import IngestError
 from plugins.gasleak_lstm_svm.service.schemas import SENSOR_ID_PATTERN, Reading
 
 log = logging.getLogger(__name__)
@@ -35,7 +44,8 @@ class MqttBridge:
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, topic_prefix: str = "gas_detection",
                  on_readings: Callable[[list[Reading], str], object] | None = None, qos: int = 1,
                  keepalive: int = 30, reconnect_max_s: float = 30.0, client_id: str | None = None,
-                 username: str | None = None, password: str | None = None, name: str = "service"):
+                 session_expiry_s: int = 0, username: str | None = None, password: str | None = None,
+                 name: str = "service"):
         self.host, self.port, self.qos = host, int(port), int(qos)
         self.prefix = topic_prefix.rstrip("/")
         self.on_readings = on_readings
@@ -46,7 +56,10 @@ class MqttBridge:
         self._down_reported = False
         self._last_reject_log = 0.0
         self._connected_event = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+        if session_expiry_s and not client_id:
+            raise ValueError("a persistent MQTT session needs a stable client id")
+        self.session_expiry_s = int(session_expiry_s)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
                                   client_id=client_id or f"gasleak-{name}-{uuid.uuid4().hex[:8]}", manual_ack=True)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._store_thread: threading.Thread | None = None
@@ -71,7 +84,11 @@ class MqttBridge:
         if self.on_readings is not None:
             self._store_thread = threading.Thread(target=self._store_loop, name=f"mqtt-store-{self.name}", daemon=True)
             self._store_thread.start()
-        self.client.connect_async(self.host, self.port, self.keepalive)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.session_expiry_s
+        # clean_start=False on every (re)connect: resume the session the broker kept for this client id
+        self.client.connect_async(self.host, self.port, self.keepalive, clean_start=not self.session_expiry_s,
+                                  properties=properties)
         self.client.loop_start()
         return self
 
@@ -156,12 +173,12 @@ class MqttBridge:
                 try:
                     self.on_readings(readings, "mqtt")  # returns after the commit
                     self.received += len(readings)
-                except ValueError:  # one refused reading (a future timestamp): store the others one by one
+                except IngestError:  # refused before the commit (a future timestamp): store the others one by one
                     for reading in readings:
                         try:
                             self.on_readings([reading], "mqtt")
                             self.received += 1
-                        except ValueError as exc:
+                        except IngestError as exc:
                             self._reject(f"{self.sensor_topic}/{reading.sensor_id}", exc)
                 except Exception:
                     log.exception("MQTT: failed to store %d readings; not acknowledging them", len(readings))

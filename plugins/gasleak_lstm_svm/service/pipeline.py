@@ -27,7 +27,7 @@ import numpy as np
 
 from plugins.gasleak_lstm_svm.service.alerts import NOTIFY, AlertEngine, AlertRules
 from plugins.gasleak_lstm_svm.service.schemas import Reading
-from plugins.gasleak_lstm_svm.service.storage import Storage
+from plugins.gasleak_lstm_svm.service.storage import Inserted, Storage
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +78,41 @@ class Pipeline:
         self._thread: threading.Thread | None = None
 
     # ---- ingest (any thread) -------------------------------------------------------------------
-    def ingest(self, readings: list[Reading], source: str) -> list[int]:
-        """Validate beyond the schema, commit, queue for detection; returns the storage ids."""
+    def ingest(self, readings: list[Reading], source: str) -> Inserted:
+        """Validate beyond the schema, commit, queue for detection; returns the storage ids.
+
+        Every check happens before the commit: a request is wholly stored or wholly refused."""
         now = self.clock()
-        rows = []
+        retention_s = self.storage.retention_s
+        rows, latest = [], []
         for i, reading in enumerate(readings):
             ts = reading.epoch
+            where = f"readings[{i}]" if len(readings) > 1 else "reading"
             if ts > now + self.max_future_s:
-                where = f"readings[{i}]" if len(readings) > 1 else "reading"
                 raise IngestError(f"{where}.timestamp is {ts - now:.0f} s in the future "
                                   f"(more than serve.max_future_s={self.max_future_s:g})")
+            if retention_s is not None and ts < now - retention_s:  # the next prune would delete it unseen
+                raise IngestError(f"{where}.timestamp is {(now - ts) / 3600:.1f} h old, older than the retention "
+                                  f"(storage.retention_hours={retention_s / 3600:g})")
             rows.append((reading.sensor_id, ts, reading.gas_concentration, reading.temperature, reading.humidity))
+            latest.append(_reading_dict(None, rows[-1], source))
         if not rows:
-            return []
-        ids = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
+            return Inserted([], [])
+        inserted = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
         with self._lock:
             arrived = self.clock()
-            for rid, row in zip(ids, rows):
+            for rid, is_new, row, shown in zip(inserted.ids, inserted.new, rows, latest):
+                if not is_new:  # stored before, and queued for detection then
+                    continue
                 self._pending.append((rid, *row))
                 sensor = self._sensor(row[0])
                 sensor.last_seen = arrived
                 sensor.received += 1
-                sensor.latest = _reading_dict(rid, row, source)
-            self.stats["readings"] += len(rows)
+                sensor.latest = shown | {"id": rid}
+            self.stats["readings"] += sum(inserted.new)
             self._idle.clear()
             self._wake.notify()
-        return ids
+        return inserted
 
     def _sensor(self, sensor_id: str) -> _Sensor:
         if sensor_id not in self.sensors:
@@ -289,7 +298,7 @@ class Pipeline:
         return views
 
 
-def _reading_dict(rid: int, row: tuple, source: str) -> dict:
+def _reading_dict(rid: int | None, row: tuple, source: str) -> dict:
     from plugins.gasleak_lstm_svm.service.schemas import iso
 
     sid, ts, gas, temp, hum = row

@@ -7,10 +7,11 @@ through ``Reading``, so a value the API refuses is refused the same way from the
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 # Physical ranges of the sensors the original system used (MQ-type gas sensor, DHT-type
 # temperature/humidity); anything outside is a broken sensor or a bad client, never a reading.
@@ -23,6 +24,17 @@ Finite = dict(strict=True, allow_inf_nan=False)  # numbers only: no strings, no 
 SensorId = Annotated[str, Field(pattern=SENSOR_ID_PATTERN, description="letters, digits, '_', '.', ':', '-'; at most 64")]
 Level = Literal["info", "warning", "danger"]
 
+# Timestamps the service can store and show: Unix seconds in [0, 1e10) (1970 to 2286), or an ISO 8601
+# date-time whose year is 1970 to 2285 as written. The schema says the same, so a client generated
+# from it cannot send one the service refuses for its form.
+EPOCH_MAX = 1e10
+YEAR_MIN, YEAR_MAX = 1970, 2285
+ISO_YEAR_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-7][0-9]|228[0-5])-"
+Timestamp = Annotated[datetime, WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": EPOCH_MAX},
+              {"type": "string", "format": "date-time", "pattern": ISO_YEAR_PATTERN}],
+    "description": "Unix seconds, or ISO 8601 (UTC if no zone); 1970 to 2285"})]
+
 
 class Reading(BaseModel):
     """One sample from one sensor node. ``timestamp``: Unix seconds or ISO 8601 (UTC if no zone)."""
@@ -32,7 +44,7 @@ class Reading(BaseModel):
                     "temperature": 22.4, "humidity": 48.0}})
 
     sensor_id: SensorId
-    timestamp: datetime
+    timestamp: Timestamp
     gas_concentration: Annotated[float, Field(ge=0.0, le=GAS_PPM_MAX, description="ppm", **Finite)]
     temperature: Annotated[float, Field(ge=TEMP_MIN_C, le=TEMP_MAX_C, description="°C", **Finite)]
     humidity: Annotated[float, Field(ge=0.0, le=100.0, description="%RH", **Finite)]
@@ -44,8 +56,10 @@ class Reading(BaseModel):
             raise ValueError("timestamp must be Unix seconds or an ISO 8601 string")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("timestamp must be a finite number")
-        if isinstance(value, (int, float)) and not 0 <= value < 1e10:
+        if isinstance(value, (int, float)) and not 0 <= value < EPOCH_MAX:
             raise ValueError("timestamp must be Unix seconds between 1970 and 2286")
+        if isinstance(value, str) and not re.match(ISO_YEAR_PATTERN, value):
+            raise ValueError(f"timestamp must be an ISO 8601 date-time from {YEAR_MIN} to {YEAR_MAX}")
         return value
 
     @property
@@ -57,6 +71,21 @@ class Reading(BaseModel):
 class IngestResult(BaseModel):
     accepted: int
     ids: list[int] = Field(description="storage ids, in the order the readings were sent")
+    duplicates: int = Field(0, description="readings identical to ones already stored (a client's retry, an "
+                                           "MQTT redelivery): acknowledged with the stored id, not stored twice")
+
+
+class ErrorItem(BaseModel):
+    type: str = Field(description="what kind of error: a pydantic error type, or e.g. unauthorized, not_found")
+    loc: list[str | int] = Field(description="where: (\"body\", 0, \"timestamp\"), (\"query\", \"limit\"); empty if nowhere")
+    msg: str
+
+
+class ErrorOut(BaseModel):
+    """Every error response has this shape, whatever its status."""
+
+    detail: list[ErrorItem]
+    message: str = Field(description="the same, in one readable line")
 
 
 class ReadingOut(BaseModel):

@@ -9,6 +9,10 @@ One writer thread owns the write connection and commits whatever is queued in on
 (group commit): concurrent HTTP requests share an fsync instead of queueing for one each, and each
 caller still waits for its own commit. Readers use their own per-thread connections, which WAL lets
 run beside the writer.
+
+Idempotent ingest: a reading identical to one already stored (same sensor, timestamp and values: a
+client retrying after a lost answer, an MQTT redelivery after a crash) is not stored again; the
+caller gets the stored row's id. A unique index makes this hold whatever the path it came by.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,29 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_start ON alerts (start_ts);
 """
+READING_KEY = ("sensor_id", "ts", "gas", "temperature", "humidity")
+# Databases written before the unique index may hold duplicates (a retried MQTT group stored twice):
+# keep the first of each, then enforce it.
+DEDUPLICATE = f"""
+DELETE FROM scores WHERE reading_id IN (
+    SELECT id FROM readings WHERE id NOT IN (SELECT MIN(id) FROM readings GROUP BY {', '.join(READING_KEY)}));
+DELETE FROM readings WHERE id NOT IN (SELECT MIN(id) FROM readings GROUP BY {', '.join(READING_KEY)});
+CREATE UNIQUE INDEX IF NOT EXISTS readings_unique ON readings ({', '.join(READING_KEY)});
+"""
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 ALERT_COLUMNS = ("id", "sensor_id", "kind", "level", "causes", "start_ts", "end_ts", "peak_ppm",
                  "peak_probability", "acknowledged", "acknowledged_at", "message")
+
+
+_INSERT = (f"INSERT INTO readings ({', '.join(READING_KEY)}, received, source) VALUES (?, ?, ?, ?, ?, ?, ?) "
+           f"ON CONFLICT ({', '.join(READING_KEY)}) DO NOTHING RETURNING id")
+_FIND = f"SELECT id FROM readings WHERE {' AND '.join(column + ' = ?' for column in READING_KEY)}"
+
+
+class Inserted(NamedTuple):
+    ids: list[int]   # one per row given, in order
+    new: list[bool]  # False: identical to a reading already stored, which ``ids`` names
 
 
 class _Job:
@@ -82,6 +105,12 @@ class Storage:
         self.retention_s = None if retention_hours is None else float(retention_hours) * 3600.0
         self._conn = self._connect()
         self._conn.executescript(SCHEMA)
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_unique'").fetchone() is None:
+            before = self._conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+            self._conn.executescript(f"BEGIN IMMEDIATE; {DEDUPLICATE} COMMIT;")
+            removed = before - self._conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+            if removed:
+                log.warning("storage: removed %d duplicated readings (stored twice by an earlier version)", removed)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -150,19 +179,19 @@ class Storage:
             raise job.error
         return job.result
 
-    def insert_readings(self, rows: list[tuple[str, float, float, float, float]], source: str) -> list[int]:
+    def insert_readings(self, rows: list[tuple[str, float, float, float, float]], source: str) -> Inserted:
         """rows: (sensor_id, ts, gas, temperature, humidity). Returns their ids once committed."""
 
         def fn(conn):
             now = time.time()
             cur = conn.cursor()
-            ids = []
-            for sensor_id, ts, gas, temp, hum in rows:
-                cur.execute(
-                    "INSERT INTO readings (sensor_id, ts, gas, temperature, humidity, received, source) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (sensor_id, ts, gas, temp, hum, now, source))
-                ids.append(cur.lastrowid)
-            return ids
+            ids, new = [], []
+            for row in rows:
+                inserted = cur.execute(_INSERT, (*row, now, source)).fetchone()
+                stored = inserted or cur.execute(_FIND, row).fetchone()  # None: identical to a stored one
+                ids.append(stored[0])
+                new.append(inserted is not None)
+            return Inserted(ids, new)
 
         return self.write(fn)
 
