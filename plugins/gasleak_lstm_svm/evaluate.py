@@ -28,8 +28,8 @@ from omegaconf import DictConfig
 from framework import runs
 from plugins.gasleak_lstm_svm.data import GasDataModule, Series, Windows
 from plugins.gasleak_lstm_svm.detector import DETECTORS, STATUS, find_detector, load_detector
-from plugins.gasleak_lstm_svm.scoring import (events_of, replay_series, score_alerts, series_probabilities, summarise,
-                                              uncertain_windows, window_metrics)
+from plugins.gasleak_lstm_svm.scoring import (events_of, replay_series, score_alerts, scored_windows, series_probabilities,
+                                              summarise, window_metrics)
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,10 @@ def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s:
     n_windows = 0
     for s in series:
         probs = series_probabilities(det, s)
-        ends = np.flatnonzero(~np.isnan(probs))
-        keep = ~uncertain_windows(s, ends, tolerance_s)
-        n_windows += len(ends)
-        ys.append(s.label[ends][keep].astype(np.int64))
-        preds.append((probs[ends][keep] >= rules.probability).astype(np.int64))
+        n_windows += int((~np.isnan(probs)).sum())
+        y, p = scored_windows(s, probs, tolerance_s)
+        ys.append(y)
+        preds.append((p >= rules.probability).astype(np.int64))
         alerts = replay_series(rules, s, probs)
         per_series.append(score_alerts(s, alerts, tolerance_s, grace_s))
         probs_all.append(probs)

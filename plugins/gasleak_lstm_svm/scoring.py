@@ -94,6 +94,13 @@ def uncertain_windows(series: Series, ends: np.ndarray, tolerance_s: float) -> n
     return near <= tolerance_s
 
 
+def scored_windows(series: Series, probs: np.ndarray, tolerance_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of the windows that count: scored, and not near a label edge."""
+    ends = np.flatnonzero(~np.isnan(probs))
+    ends = ends[~uncertain_windows(series, ends, tolerance_s)]
+    return series.label[ends].astype(np.int64), probs[ends]
+
+
 def window_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     tp = int(((pred == 1) & (y == 1)).sum())
     fp = int(((pred == 1) & (y == 0)).sum())
@@ -146,11 +153,7 @@ def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, 
     latencies), then the higher threshold. When none meets the budget, the quietest.
     The ppm threshold rule is left out here: its alerts do not depend on the probability, and on a
     sensor that reaches those levels they would hide what the model alone detects."""
-    windows = []  # (labels, probabilities) of the windows that count, per series
-    for s, pr in zip(series, probs):
-        ends = np.flatnonzero(~np.isnan(pr))
-        keep = ends[~uncertain_windows(s, ends, tolerance_s)]
-        windows.append((s.label[keep].astype(np.int64), pr[keep]))
+    windows = [scored_windows(s, pr, tolerance_s) for s, pr in zip(series, probs)]
     y = np.concatenate([w[0] for w in windows]) if windows else np.zeros(0, np.int64)
     pw = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)
     rows = []

@@ -115,9 +115,12 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
         print(f"{det.status}: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
         metrics.update({f"{name}/val_accuracy": val["accuracy"], f"{name}/val_f1": val["f1"], **_sample_metrics(name, y)})
 
+    want_baselines = dcfg.get("baselines", True)  # the simple detectors every evaluation compares against
+    # one sample serves the pure SVM and the baselines
+    pure_sample = draw(pure) if kind == "svm" or dcfg.fallback_svm or want_baselines else None
     svm = None
     if kind == "svm" or dcfg.fallback_svm:
-        x, base, y = draw(pure)
+        x, base, y = pure_sample
         svm = SVMDetector(**svm_kwargs(pure)).fit(x, y, base)
         report("svm", svm, y)
     detector = svm
@@ -127,8 +130,8 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
         detector.encoder_checkpoint = best
         report("lstm_svm", detector, y)
     baselines = []
-    if dcfg.get("baselines", True):  # the simple detectors every evaluation compares against
-        x, base, y = draw(pure)
+    if want_baselines:
+        x, base, y = pure_sample
         baselines = [LogisticDetector(spec=dm.spec).fit(x, y, base), RiseDetector(spec=dm.spec).fit(x, y, base)]
     metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
 
