@@ -131,11 +131,19 @@ def test_calibration_meets_its_false_alert_budget():
         return summarise(per)["false_alerts_per_day"]
 
     assert false_per_day(op["probability"]) <= 1.0
-    # it is the most sensitive threshold within budget: the next lower candidate breaks it
     from plugins.gasleak_lstm_svm.scoring import GRID
 
-    lower = [g for g in GRID if g < op["probability"]]
-    assert lower and false_per_day(lower[-1]) > 1.0
+    # the budget is a ceiling, not a target: with room for 6 a day, thresholds that let some bait
+    # (p 0.55 ... 0.94) through are within it, and the one kept still lets none through ...
+    roomy = calibrate(series, probs, rules, false_alerts_per_day=6.0)
+    assert roomy["validation"]["false_alerts"] == 0 and roomy["validation"]["detected"] == 12
+    lower = [g for g in GRID if g < roomy["probability"]]
+    assert lower and 0 < false_per_day(lower[-1]) <= 6.0
+    # ... and it is the most sensitive of the silent thresholds (the releases ramp up: a higher
+    # threshold misses more of their windows, so F1 decides for the lowest)
+    assert false_per_day(roomy["probability"]) == 0 and roomy["probability"] == op["probability"]
+    higher = [g for g in GRID if g > roomy["probability"]]
+    assert higher and false_per_day(higher[0]) == 0
     # a budget nothing meets: the quietest threshold, and it says so
     strict = calibrate(series, [np.maximum(p, 0.9995) for p in probs], rules, false_alerts_per_day=1.0)
     assert not strict["met_budget"] and strict["probability"] == max(GRID)

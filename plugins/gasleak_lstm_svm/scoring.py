@@ -149,8 +149,10 @@ def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, 
               tolerance_s: float = 0.0, grace_s: float = 60.0, grid=GRID) -> dict:
     """The operating probability for the alert rule: among the thresholds whose replayed false
     alerts on ``series`` stay within ``false_alerts_per_day``, the one that detects the most releases,
-    then has the best per-window F1 (thousands of windows: a steadier guide than a handful of
-    latencies), then the higher threshold. When none meets the budget, the quietest.
+    then raises the fewest false alerts (the budget is a ceiling, not a target: validation days are
+    few, and a threshold at the budget's edge on them exceeds it on the next days), then has the best
+    per-window F1 (thousands of windows: a steadier guide than a handful of latencies), then the
+    higher threshold. When none meets the budget, the quietest.
     The ppm threshold rule is left out here: its alerts do not depend on the probability, and on a
     sensor that reaches those levels they would hide what the model alone detects."""
     windows = [scored_windows(s, pr, tolerance_s) for s, pr in zip(series, probs)]
@@ -167,7 +169,7 @@ def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, 
                      "window_f1": window_metrics(y, (pw >= p).astype(np.int64))["f1"]})
     within = [r for r in rows if r["false_alerts_per_day"] <= false_alerts_per_day]
     if within:
-        best = min(within, key=lambda r: (-r["detected"], -round(r["window_f1"], 3), -r["probability"]))
+        best = min(within, key=lambda r: (-r["detected"], r["false_alerts"], -round(r["window_f1"], 3), -r["probability"]))
     else:
         best = min(rows, key=lambda r: (r["false_alerts_per_day"], -r["probability"]))
     return {"probability": best["probability"], "consecutive": rules.consecutive, "calibrated": True,
