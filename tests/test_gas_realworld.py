@@ -64,6 +64,26 @@ def _small_svm(spec: InputSpec, seed: int = 7) -> SVMDetector:
     return SVMDetector(cv=3, spec=spec).fit(x, y, base)
 
 
+def test_weather_inputs_off_hides_temperature_and_humidity_and_is_kept_in_the_bundle(tmp_path):
+    from plugins.gasleak_lstm_svm.detector import load_detector, save_bundle
+
+    rec = sim_series(1200, 3, [LeakEvent(700, 701, "seep", 200)])
+    ends = np.arange(700, 760)
+    x = rec.signal[ends[:, None] + np.arange(-59, 1)]
+    on, off = InputSpec(window=60, baseline_s=300), InputSpec(window=60, baseline_s=300, weather=False)
+    base = on.baselines_for_series(rec.signal, ends)
+    z_on, z_off = on.transform(x, base), off.transform(x, base)
+    assert np.abs(z_on[..., 2:4]).max() > 0 and not z_off[..., 2:4].any()
+    assert np.array_equal(z_on[..., [0, 1, 4, 5]], z_off[..., [0, 1, 4, 5]])  # the gas channels unchanged
+    # a detector trained without weather inputs keeps them off after a round trip through its bundle
+    det = _small_svm(off)
+    loaded = load_detector(save_bundle(tmp_path / "b", det), kind="svm")
+    assert loaded.spec.weather is False
+    hotter = x.copy()
+    hotter[..., 1] += np.linspace(0, 8, 60)  # a warming room changes nothing it sees
+    assert np.allclose(loaded.predict_proba(x, base), loaded.predict_proba(hotter, base))
+
+
 def test_live_pipeline_gives_evaluates_probabilities_and_alerts(tmp_path):
     """A recorded series fed reading by reading through the service's pipeline: the same window
     probabilities (online features = offline features) and the same alerts as evaluate's replay."""

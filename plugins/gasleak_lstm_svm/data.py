@@ -362,7 +362,8 @@ class GasDataModule(L.LightningDataModule):
     """Windows for the autoencoder (stage 1) and arrays for the SVM (stage 2) from train/val/test series.
 
     Subclasses implement ``load_series(split)``. Windows reach the model relative to their
-    clean-air baseline (``features.InputSpec``: ``window``, ``baseline_s``, ``baseline_quantile``);
+    clean-air baseline (``features.InputSpec``: ``window``, ``baseline_s``, ``baseline_quantile``,
+    ``weather_inputs``);
     the standardisation statistics of those inputs come from the training series only and reach
     the model through ``model_kwargs()``, so they are saved inside its checkpoint. Fine-tuning
     (``init_from=<bundle or checkpoint>``) keeps the checkpoint's inputs and statistics
@@ -371,12 +372,13 @@ class GasDataModule(L.LightningDataModule):
 
     def __init__(self, window: int = WINDOW, train_stride: int = 10, val_stride: int = 30, eval_stride: int = 1,
                  batch_size: int = 32, num_workers: int = 0, baseline_s: int = 600, baseline_quantile: float = 0.1,
-                 max_train_windows: int | None = None, hard_windows: bool = True, hard_before: int = 0, seed: int = 0):
+                 max_train_windows: int | None = None, hard_windows: bool = True, hard_before: int = 0, seed: int = 0,
+                 weather_inputs: bool = True):
         super().__init__()
         self.window, self.train_stride, self.val_stride, self.eval_stride = window, train_stride, val_stride, eval_stride
         self.batch_size, self.num_workers = batch_size, num_workers
         try:
-            self.spec = InputSpec(window=window, baseline_s=baseline_s, quantile=baseline_quantile)
+            self.spec = InputSpec(window=window, baseline_s=baseline_s, quantile=baseline_quantile, weather=weather_inputs)
         except ValueError as e:
             raise UserError(f"data: {e}") from None
         self._adopted: dict | None = None

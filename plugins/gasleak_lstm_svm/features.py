@@ -20,6 +20,8 @@ sensor's units; these inputs are the same for all of them:
   recordings can teach; the simulator's randomised backgrounds teach that it alone means little),
   and "gas seen in the last minutes": the 90 % quantile of the baseline span over its baseline,
   in noise units (a plume comes and goes; a window of a minute can fall between two gusts).
+  With ``weather=False`` the Δ°C and Δ%RH channels carry zeros: where the weather changed by chance
+  while gas was released (the shared field recordings), a model learns the weather, not the gas.
 
 The same code serves training, evaluation (``baselines_for_series``: rolling statistics over a
 whole series) and the live service (``baseline_of_history``: one window at a time from a sensor's
@@ -49,6 +51,7 @@ class InputSpec:
     window: int = 60
     baseline_s: int = 600
     quantile: float = 0.1
+    weather: bool = True  # False: the models see no temperature or humidity (zeros in channels 2, 3)
 
     def __post_init__(self):
         if self.window < 2:
@@ -69,7 +72,7 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict | None) -> "InputSpec":
         d = d or {}
-        return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile") if k in d})
+        return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile", "weather") if k in d})
 
     # ---- baselines -------------------------------------------------------------------------------
     def _stats(self, gas_q, q25, q75, temp, hum, q_high) -> np.ndarray:
@@ -113,8 +116,7 @@ class InputSpec:
         return self._stats(q, q25, q75, np.median(x[:, :, 1], axis=1), np.median(x[:, :, 2], axis=1), qh)
 
     # ---- inputs ----------------------------------------------------------------------------------
-    @staticmethod
-    def transform(windows: np.ndarray, base: np.ndarray) -> np.ndarray:
+    def transform(self, windows: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Raw windows (N, W, 3) and their baselines (N, 5) -> model inputs (N, W, 6), float32."""
         x = np.asarray(windows, dtype=np.float64)
         b = np.asarray(base, dtype=np.float64)[:, None, :]
@@ -122,8 +124,8 @@ class InputSpec:
         out = np.empty(x.shape[:2] + (N_INPUTS,), dtype=np.float32)
         out[..., 0] = np.arcsinh(rise / b[..., 1])
         out[..., 1] = np.arcsinh(rise / np.maximum(REL_UNIT * np.abs(b[..., 0]), b[..., 1]))
-        out[..., 2] = x[..., 1] - b[..., 2]
-        out[..., 3] = x[..., 2] - b[..., 3]
+        out[..., 2] = x[..., 1] - b[..., 2] if self.weather else 0.0
+        out[..., 3] = x[..., 2] - b[..., 3] if self.weather else 0.0
         out[..., 4] = np.log1p(np.clip(x[..., 0], 0, None))
         out[..., 5] = np.arcsinh((b[..., 4] - b[..., 0]) / b[..., 1])
         return out
