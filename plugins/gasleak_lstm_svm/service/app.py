@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from framework import serving
 from plugins.gasleak_lstm_svm.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -237,7 +238,8 @@ def _silence_out(entry: dict) -> SilenceOut:
                summary="Silence a sensor's notifications until a time (its alerts are still recorded, marked silenced)",
                description="Replaces the sensor's silence if it has one. The end must be in the future and at most "
                            "alerts.max_silence_hours away. A sensor not seen yet may be silenced (before it is installed).",
-               responses={**WRITE_ERRORS, 422: {"model": ErrorOut, "description": "no end, an end in the past, or too far"}})
+               responses={**WRITE_ERRORS, 400: {"model": ErrorOut, "description": "the body is not JSON"},
+                          422: {"model": ErrorOut, "description": "no end, an end in the past, or too far"}})
 def post_silence(sensor_id: SensorIdPath, body: SilenceIn, pipeline: PipelineDep,
                  settings: Annotated[ServiceSettings, Depends(get_settings)]) -> SilenceOut:
     now = pipeline.clock()
@@ -332,7 +334,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:  # Starlette names only the first route's methods; a path may have several routes
+        allowed = set()
+        for route in request.app.router.routes:
+            if route.matches(request.scope)[0] == Match.PARTIAL:
+                allowed |= getattr(route, "methods", None) or set()
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
 
 def _openapi(app: FastAPI) -> dict:

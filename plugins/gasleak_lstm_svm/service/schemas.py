@@ -79,16 +79,19 @@ def to_epoch(ts: datetime) -> float:
 class SilenceIn(BaseModel):
     """Silence a sensor's notifications until a time, or for a duration (one of the two)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"duration_s": 3600, "reason": "maintenance"}})
+    # exactly one of the two ends, in the schema as in the validation
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "example": {"duration_s": 3600, "reason": "maintenance"},
+        "oneOf": [{"required": ["until"]}, {"required": ["duration_s"]}]})
 
-    until: Timestamp | None = Field(None, description="end of the silence: Unix seconds or ISO 8601")
-    duration_s: Annotated[float | None, Field(gt=0, description="or: seconds from now", **Finite)] = None
+    until: Timestamp = Field(None, description="end of the silence: Unix seconds or ISO 8601")
+    duration_s: Annotated[float, Field(gt=0, lt=EPOCH_MAX, description="or: seconds from now", **Finite)] = None
     reason: Annotated[str | None, Field(max_length=500)] = None
 
     @field_validator("until", mode="before")
     @classmethod
     def _finite_until(cls, value):
-        return None if value is None else check_timestamp(value)
+        return check_timestamp(value)
 
     @model_validator(mode="after")
     def _one_end(self):
