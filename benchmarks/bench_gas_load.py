@@ -141,7 +141,7 @@ async def open_loop(host: str, port: int, rate: float, seconds: float, batch: in
             while True:
                 try:
                     d = (await client.get(status_url)).json()["detection"]
-                    lag["max_s"] = max(lag["max_s"], d["lag_s"], d.get("last_round_lag_s") or 0.0)
+                    lag["max_s"] = max(lag["max_s"], d.get("lag_s", 0.0), d.get("last_round_lag_s") or 0.0)
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(1.0)

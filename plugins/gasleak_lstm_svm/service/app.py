@@ -9,6 +9,7 @@ for status) comes in as ``ServiceSettings``. Write endpoints (ingest, acknowledg
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 from http import HTTPStatus
@@ -46,11 +47,12 @@ class ServiceSettings:
 
 
 # ---- dependencies --------------------------------------------------------------------------------
-def get_pipeline(request: Request) -> Pipeline:
+# async: FastAPI runs a plain def dependency in its thread pool, a hop per request for nothing
+async def get_pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
@@ -144,8 +146,9 @@ INGEST_BODY = {
               responses={**WRITE_ERRORS,
                          400: {"model": ErrorOut, "description": "the body is not JSON"},
                          422: {"model": ErrorOut, "description": "a reading is invalid; nothing was stored"}})
-def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeline: PipelineDep,
-                  settings: Annotated[ServiceSettings, Depends(get_settings)]) -> IngestResult:
+async def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeline: PipelineDep,
+                        settings: Annotated[ServiceSettings, Depends(get_settings)]) -> IngestResult:
+    # async: on the event loop, awaiting the group commit, rather than a pool thread blocked on it
     if isinstance(payload, dict) and "readings" in payload:
         extra = sorted(set(payload) - {"readings"})
         if extra:
@@ -172,7 +175,7 @@ def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeli
     except ValidationError as exc:  # one bad reading refuses the whole batch: nothing is stored
         raise RequestValidationError(_prefixed(exc, prefix, drop_index=single))
     try:
-        inserted = pipeline.ingest(readings, "http")
+        inserted = await pipeline.ingest_async(readings, "http")
     except IngestError as exc:
         raise RequestValidationError([{"type": "value_error", "loc": prefix, "msg": str(exc)}])
     return IngestResult(accepted=len(inserted.ids), ids=inserted.ids, duplicates=inserted.new.count(False))
@@ -355,9 +358,15 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+# FastAPI's native OpenTelemetry (newer versions) looks up the global providers in os.environ on every
+# request, a tenth of the ingest path under load (py-spy); this service reports through /metrics.
+NO_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+                if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
 def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> FastAPI:
     app = serving.new_app(  # offline /docs
-        responses=ERRORS,
+        responses=ERRORS, **NO_TELEMETRY,
         title="Gas-leak detection service",
         description="Live readings in, leak alerts out: an LSTM+SVM detector with pure-SVM and threshold fallbacks.",
         version="1.0",

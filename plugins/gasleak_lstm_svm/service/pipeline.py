@@ -47,7 +47,7 @@ class _Sensor:
     buffer: deque               # the last InputSpec.history samples since the last gap
     last_ts: float | None = None
     last_seen: float | None = None     # server clock, for the offline rule
-    latest: dict | None = None
+    latest: tuple | None = None        # (id, row, source) of its newest reading
     probability: float | None = None
     baseline_ppm: float | None = None  # clean-air baseline of its newest window
     received: int = 0
@@ -97,9 +97,25 @@ class Pipeline:
 
         Every check happens before the commit: a request is wholly stored or wholly refused."""
         t0 = time.perf_counter()
+        rows = self._checked(readings, source)
+        if not rows:
+            return Inserted([], [])
+        inserted = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
+        return self._queue_for_detection(inserted, rows, source, t0)
+
+    async def ingest_async(self, readings: list[Reading], source: str) -> Inserted:
+        """``ingest`` for the HTTP event loop: the same checks and commit, awaited instead of blocking."""
+        t0 = time.perf_counter()
+        rows = self._checked(readings, source)
+        if not rows:
+            return Inserted([], [])
+        inserted = await self.storage.insert_readings_async(rows, source)  # committed: the acknowledgement
+        return self._queue_for_detection(inserted, rows, source, t0)
+
+    def _checked(self, readings: list[Reading], source: str) -> list[tuple]:
         now = self.clock()
         retention_s = self.storage.retention_s
-        rows, latest = [], []
+        rows = []
         for i, reading in enumerate(readings):
             ts = reading.epoch
             where = f"readings[{i}]" if len(readings) > 1 else "reading"
@@ -112,24 +128,23 @@ class Pipeline:
                 raise IngestError(f"{where}.timestamp is {(now - ts) / 3600:.1f} h old, older than the retention "
                                   f"(storage.retention_hours={retention_s / 3600:g})")
             rows.append((reading.sensor_id, ts, reading.gas_concentration, reading.temperature, reading.humidity))
-            latest.append(_reading_dict(None, rows[-1], source))
-        if not rows:
-            return Inserted([], [])
-        inserted = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
+        return rows
+
+    def _queue_for_detection(self, inserted: Inserted, rows: list[tuple], source: str, t0: float) -> Inserted:
         new = sum(inserted.new)
         self.metrics.ingested(source, new, len(rows) - new, time.perf_counter() - t0)
         with self._lock:
             arrived = self.clock()
             if new and not self._pending:
                 self._pending_since = time.monotonic()
-            for rid, is_new, row, shown in zip(inserted.ids, inserted.new, rows, latest):
+            for rid, is_new, row in zip(inserted.ids, inserted.new, rows):
                 if not is_new:  # stored before, and queued for detection then
                     continue
                 self._pending.append((rid, *row))
                 sensor = self._sensor(row[0])
                 sensor.last_seen = arrived
                 sensor.received += 1
-                sensor.latest = shown | {"id": rid}
+                sensor.latest = (rid, row, source)  # shown as a dict by sensor_views
             self.stats["readings"] += sum(inserted.new)
             self._idle.clear()
             self._wake.notify()
@@ -386,7 +401,7 @@ class Pipeline:
                 silence = self._silences.get(sid)
                 if state == "normal" and len(s.buffer) < self.window:
                     state = "warming_up"
-                views.append({"sensor_id": sid, "state": state, "latest": dict(s.latest) if s.latest else None,
+                views.append({"sensor_id": sid, "state": state, "latest": _reading_dict(*s.latest) if s.latest else None,
                               "probability": s.probability, "last_seen": s.last_seen, "readings": s.received,
                               "baseline_ppm": s.baseline_ppm, "threshold_rule": self.engine.rules.threshold_status(s.baseline_ppm),
                               "silenced_until": silence["until_ts"] if silence and silence["until_ts"] > now else None})

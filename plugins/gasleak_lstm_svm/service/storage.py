@@ -17,6 +17,7 @@ caller gets the stored row's id. A unique index makes this hold whatever the pat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -98,10 +99,11 @@ class Inserted(NamedTuple):
 
 
 class _Job:
-    __slots__ = ("fn", "done", "result", "error")
+    __slots__ = ("fn", "done", "result", "error", "on_done")
 
-    def __init__(self, fn):
+    def __init__(self, fn, on_done=None):
         self.fn, self.done, self.result, self.error = fn, threading.Event(), None, None
+        self.on_done = on_done  # called on the writer thread once committed (or failed)
 
 
 class Storage:
@@ -186,6 +188,8 @@ class Storage:
                     j.error = j.error or exc
             for j in jobs:
                 j.done.set()
+                if j.on_done is not None:
+                    j.on_done(j)
 
     def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` inside a transaction on the writer thread; return once it is committed."""
@@ -198,9 +202,28 @@ class Storage:
             raise job.error
         return job.result
 
+    async def write_async(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``write`` for an event loop: awaits the commit instead of blocking a thread on it."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def done(job):
+            loop.call_soon_threadsafe(_settle, future, job)
+
+        self._queue.put(_Job(fn, done))
+        return await future
+
     def insert_readings(self, rows: list[tuple[str, float, float, float, float]], source: str) -> Inserted:
         """rows: (sensor_id, ts, gas, temperature, humidity). Returns their ids once committed."""
+        return self.write(self._insert_fn(rows, source))
 
+    async def insert_readings_async(self, rows: list[tuple[str, float, float, float, float]], source: str) -> Inserted:
+        return await self.write_async(self._insert_fn(rows, source))
+
+    @staticmethod
+    def _insert_fn(rows, source):
         def fn(conn):
             now = time.time()
             cur = conn.cursor()
@@ -212,7 +235,7 @@ class Storage:
                 new.append(inserted is not None)
             return Inserted(ids, new)
 
-        return self.write(fn)
+        return fn
 
     def save_round(self, scores: Iterable[tuple[int, float, str]], alerts: Iterable[dict],
                    notified: Iterable[tuple[dict, bool]] = (), now: float | None = None) -> None:
@@ -385,6 +408,15 @@ class Storage:
                 except sqlite3.Error:
                     pass
             self._readers.clear()
+
+
+def _settle(future, job: _Job) -> None:
+    if future.cancelled():  # the client went away; the write stands
+        return
+    if job.error is not None:
+        future.set_exception(job.error)
+    else:
+        future.set_result(job.result)
 
 
 def _alert_dict(row) -> dict:
