@@ -14,6 +14,9 @@ connections (--connections) carries them; a request waiting for a free connectio
 server. The client is a small asyncio HTTP/1.1 writer (no HTTP library), and its own CPU use is
 printed beside the server's, so a reader sees which side was the limit.
 
+Before the first phase of each kind every sensor gets --warmup readings (untimed), so that every
+timed reading ends a full window and the detector works at the rate of the load.
+
 Printed per phase: the rate asked and achieved, p50/p99/p99.9, errors, readings acknowledged, and
 detection (windows scored/skipped, the largest detector lag seen on /api/status while loading).
 At the end: readings in SQLite vs acknowledged. With mosquitto installed, MQTT QoS 1 too.
@@ -220,6 +223,17 @@ def mqtt_load(port: int, url: str, sensors: int, messages: int, seconds: float) 
     return {"published": published, "stored": received, "elapsed_s": elapsed, "msgs_per_s": received / elapsed}
 
 
+def warm_up(url: str, clock: Clock, per_sensor: int) -> float:
+    """Fill every sensor's first window (untimed), so that each timed reading ends a window to score."""
+    t0 = time.perf_counter()
+    total = clock.sensors * per_sensor
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for start in range(0, total, 1000):
+            body = [clock.reading() for _ in range(min(1000, total - start))]
+            client.post("/api/sensor/readings", json=body).raise_for_status()
+    return time.perf_counter() - t0
+
+
 def catch_up(url: str, limit_s: float = 120) -> dict:
     t0 = time.perf_counter()
     while (st := httpx.get(url + "/api/status", timeout=10).json()["detection"])["pending"] and \
@@ -235,6 +249,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each rate (medians printed)")
     ap.add_argument("--sensors", type=int, default=200, help="distinct sensor ids the readings cycle through")
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections in the client's pool")
+    ap.add_argument("--warmup", type=int, default=70, help="readings per sensor sent first, untimed (a window is 60)")
     ap.add_argument("--batch", type=int, default=100, help="readings per request in the batch phase")
     ap.add_argument("--batch-rate", type=float, default=250, help="requests per second in the batch phase")
     ap.add_argument("--no-batch", action="store_true")
@@ -279,9 +294,15 @@ def main() -> None:
         phases = [(float(r), 1) for r in args.rates.split(",") if r]
         if not args.no_batch:
             phases.append((args.batch_rate, args.batch))
-        clocks = {1: Clock(args.sensors, "load"), args.batch: Clock(10 * args.sensors, "batch")}
+        clocks = {1: Clock(args.sensors, "load"), args.batch: Clock(2 * args.sensors, "batch")}
         for rate, batch in phases:
             clock = clocks[batch]
+            if args.warmup and clock.i == 0:
+                took = warm_up(url, clock, args.warmup)
+                st = catch_up(url)
+                print(f"  warm-up: {clock.sensors} sensors x {args.warmup} readings in {took:.1f} s, detection "
+                      f"caught up {st['catch_up_s']:.1f} s later", flush=True)
+                acked += clock.sensors * args.warmup
             runs = []
             for _ in range(args.repeat):
                 s0 = server.cpu_times()
