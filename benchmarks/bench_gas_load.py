@@ -1,15 +1,25 @@
-"""Sustained ingest into the live gas-leak service, on loopback, bounded in time and count.
+"""Open-loop load on the live gas-leak service, on loopback, bounded in time.
 
-    python benchmarks/bench_gas_load.py                      # 20 sensors over HTTP for 20 s, then MQTT
-    python benchmarks/bench_gas_load.py --sensors 50 --seconds 30 --batch 10 --no-mqtt
+    python benchmarks/bench_gas_load.py --detector <bundle>            # 250, 500, 1000 req/s, batches, MQTT
+    python benchmarks/bench_gas_load.py --rates 500 --seconds 30 --repeat 3 --no-batch --no-mqtt
 
 The service runs as its own process (`python -m framework task=gasleak serve`, SQLite with
 synchronous=FULL) with the latest trained detector (or `--detector <bundle>`, or `--detector
-threshold`). Each simulated sensor is one client that sends its next reading as soon as the previous
-one is acknowledged. Printed: requests and readings per second, p50/p99 latency, status codes (no 5xx
-allowed), and the check that matters -- the number of readings in SQLite equals the number the
-service acknowledged. With mosquitto installed the same is measured for MQTT (QoS 1 publishes until
-the service has stored them all).
+threshold`).
+
+Open loop: requests leave on a fixed schedule (request i at start + i/rate) whatever the answers,
+and each latency is measured from its *scheduled* send time, so a server that stalls is charged for
+every request that should have left meanwhile (no coordinated omission). A pool of keep-alive
+connections (--connections) carries them; a request waiting for a free connection is waiting on the
+server. The client is a small asyncio HTTP/1.1 writer (no HTTP library), and its own CPU use is
+printed beside the server's, so a reader sees which side was the limit.
+
+Before the first phase of each kind every sensor gets --warmup readings (untimed), so that every
+timed reading ends a full window and the detector works at the rate of the load.
+
+Printed per phase: the rate asked and achieved, p50/p99/p99.9, errors, readings acknowledged, and
+detection (windows scored/skipped, the largest detector lag seen on /api/status while loading).
+At the end: readings in SQLite vs acknowledged. With mosquitto installed, MQTT QoS 1 too.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -32,14 +43,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 def start_service(workdir: Path, detector: str, extra: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", FRAMEWORK_OUTPUTS=os.environ.get("FRAMEWORK_OUTPUTS", str(REPO / "outputs")))
-    args = [sys.executable, "-m", "framework", "task=gasleak", "serve", "serve.port=0",
+    env = dict(os.environ, PYTHONUNBUFFERED="1", FRAMEWORK_OUTPUTS=os.environ.get("FRAMEWORK_OUTPUTS", str(workdir / "outputs")))
+    args = [sys.executable, "-m", "framework", "task=gasleak", "serve", "serve.port=0", "storage.synchronous=FULL",
             f"storage.path={workdir / 'load.sqlite'}", "serve.max_future_s=3600", *extra]
     if detector != "latest":
         args.append(f"ckpt_path={detector}")
@@ -73,47 +85,98 @@ def stop_service(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-async def http_load(url: str, sensors: int, seconds: float, max_requests: int, batch: int) -> dict:
-    latencies: list[float] = []
+class Clock:
+    """Sensor timestamps: each sensor's readings one second apart, starting in the past."""
+
+    def __init__(self, sensors: int, prefix: str):
+        self.sensors, self.prefix = sensors, prefix
+        self.t = [time.time() - 3000.0] * sensors
+        self.i = 0
+
+    def reading(self) -> dict:
+        k = self.i % self.sensors
+        self.i += 1
+        self.t[k] += 1.0
+        return {"sensor_id": f"{self.prefix}-{k}", "timestamp": round(self.t[k], 3),
+                "gas_concentration": round(60.0 + 3.0 * np.sin(self.i), 2), "temperature": 21.0, "humidity": 45.0}
+
+
+async def open_loop(host: str, port: int, rate: float, seconds: float, batch: int, clock: Clock,
+                    connections: int, status_url: str) -> dict:
+    n = int(rate * seconds)
+    queue: asyncio.Queue = asyncio.Queue()
+    latencies = np.full(n, np.nan)
     codes: dict[int, int] = {}
-    acked = 0
-    errors = 0
-    sent = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=sensors, max_keepalive_connections=sensors)
+    result = {"acked": 0, "errors": 0}
 
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        async def sensor(k: int):
-            nonlocal acked, errors, sent
-            rng = np.random.default_rng(k)
-            t = time.time() - 3600  # one reading per "second" of sensor time, starting an hour ago
-            while time.perf_counter() < deadline and sent < max_requests:
-                sent += 1
-                body = []
-                for _ in range(batch):
-                    t += 1.0
-                    body.append({"sensor_id": f"load-{k}", "timestamp": t,
-                                 "gas_concentration": float(60 + rng.normal(0, 3)),
-                                 "temperature": 21.0, "humidity": 45.0})
-                t0 = time.perf_counter()
+    async def worker():
+        reader = writer = None
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            i, scheduled, body = item
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(b"POST /api/sensor/readings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                head = await reader.readuntil(b"\r\n\r\n")
+                code = int(head[9:12])
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                answer = await reader.readexactly(length)
+                latencies[i] = time.perf_counter() - scheduled
+                codes[code] = codes.get(code, 0) + 1
+                if code == 201:
+                    result["acked"] += json.loads(answer)["accepted"]
+            except (OSError, asyncio.IncompleteReadError, ValueError, AttributeError):
+                result["errors"] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    lag = {"max_s": 0.0}
+
+    async def watch():  # the detector's lag, as an operator would see it
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
                 try:
-                    r = await client.post("/api/sensor/readings", json=body if batch > 1 else body[0])
+                    d = (await client.get(status_url)).json()["detection"]
+                    lag["max_s"] = max(lag["max_s"], d.get("lag_s", 0.0), d.get("last_round_lag_s") or 0.0)
                 except httpx.HTTPError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
-                codes[r.status_code] = codes.get(r.status_code, 0) + 1
-                if r.status_code == 201:
-                    acked += r.json()["accepted"]
+                    pass
+                await asyncio.sleep(1.0)
 
-        t_start = time.perf_counter()
-        await asyncio.gather(*(sensor(k) for k in range(sensors)))
-        elapsed = time.perf_counter() - t_start
-    lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "elapsed_s": elapsed, "rps": len(latencies) / elapsed,
-            "readings_per_s": acked / elapsed, "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None, "codes": codes, "errors": errors,
-            "acked": acked}
+    workers = [asyncio.create_task(worker()) for _ in range(connections)]
+    watcher = asyncio.create_task(watch())
+    bodies = [json.dumps(clock.reading() if batch == 1 else [clock.reading() for _ in range(batch)]).encode()
+              for _ in range(n)]  # built before the clock starts: the client's work is the sending
+    cpu0, t0 = _cpu(), time.perf_counter()
+    for i in range(n):
+        scheduled = t0 + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait((i, scheduled, bodies[i]))
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+    watcher.cancel()
+    lat = latencies[~np.isnan(latencies)] * 1000
+    pct = (lambda q: float(np.percentile(lat, q))) if len(lat) else (lambda q: float("nan"))
+    return {"requests": n, "answered": len(lat), "elapsed_s": elapsed, "rps": len(lat) / elapsed,
+            "readings_per_s": result["acked"] / elapsed, "p50_ms": pct(50), "p99_ms": pct(99), "p999_ms": pct(99.9),
+            "max_ms": float(lat.max()) if len(lat) else float("nan"), "codes": codes, "errors": result["errors"],
+            "acked": result["acked"], "client_cpu": cpu / elapsed, "lag_max_s": lag["max_s"]}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port() -> int:
@@ -123,6 +186,7 @@ def free_port() -> int:
 
 
 def mqtt_load(port: int, url: str, sensors: int, messages: int, seconds: float) -> dict:
+    """QoS 1 publishes as fast as the client goes, then wait until the service has stored them all."""
     import paho.mqtt.client as paho
 
     before = httpx.get(url + "/api/status", timeout=10).json()["mqtt"]["received"]
@@ -145,7 +209,6 @@ def mqtt_load(port: int, url: str, sensors: int, messages: int, seconds: float) 
     published = len(infos)
     for info in infos:
         info.wait_for_publish(30)
-    t_published = time.perf_counter() - t_start
     deadline = time.perf_counter() + 60
     received = 0
     while time.perf_counter() < deadline:
@@ -157,20 +220,50 @@ def mqtt_load(port: int, url: str, sensors: int, messages: int, seconds: float) 
     elapsed = time.perf_counter() - t_start
     client.loop_stop()
     client.disconnect()
-    return {"published": published, "stored": received, "publish_s": t_published, "elapsed_s": elapsed,
-            "msgs_per_s": received / elapsed}
+    return {"published": published, "stored": received, "elapsed_s": elapsed, "msgs_per_s": received / elapsed}
+
+
+def warm_up(url: str, clock: Clock, per_sensor: int) -> float:
+    """Fill every sensor's first window (untimed), so that each timed reading ends a window to score."""
+    t0 = time.perf_counter()
+    total = clock.sensors * per_sensor
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for start in range(0, total, 1000):
+            body = [clock.reading() for _ in range(min(1000, total - start))]
+            client.post("/api/sensor/readings", json=body).raise_for_status()
+    return time.perf_counter() - t0
+
+
+def catch_up(url: str, limit_s: float = 120) -> dict:
+    t0 = time.perf_counter()
+    while (st := httpx.get(url + "/api/status", timeout=10).json()["detection"])["pending"] and \
+            time.perf_counter() - t0 < limit_s:
+        time.sleep(0.2)
+    return dict(st, catch_up_s=time.perf_counter() - t0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sensors", type=int, default=20, help="concurrent sensor clients")
-    ap.add_argument("--seconds", type=float, default=20, help="HTTP phase length")
-    ap.add_argument("--max-requests", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=1, help="readings per request")
-    ap.add_argument("--mqtt-messages", type=int, default=5000)
+    ap.add_argument("--rates", default="250,500,1000", help="requests per second, one reading each, comma-separated")
+    ap.add_argument("--seconds", type=float, default=20, help="length of each phase")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each rate (medians printed)")
+    ap.add_argument("--sensors", type=int, default=200, help="distinct sensor ids the readings cycle through")
+    ap.add_argument("--connections", type=int, default=64, help="keep-alive connections in the client's pool")
+    ap.add_argument("--warmup", type=int, default=70, help="readings per sensor sent first, untimed (a window is 60)")
+    ap.add_argument("--batch", type=int, default=100, help="readings per request in the batch phase")
+    ap.add_argument("--batch-rate", type=float, default=250, help="requests per second in the batch phase")
+    ap.add_argument("--no-batch", action="store_true")
+    ap.add_argument("--mqtt-messages", type=int, default=20000)
     ap.add_argument("--no-mqtt", action="store_true")
     ap.add_argument("--detector", default="latest", help="a bundle dir, 'latest' (the latest train run) or 'threshold'")
+    ap.add_argument("--serve", default="", help="extra service overrides, space-separated")
     args = ap.parse_args()
+    try:
+        import uvloop  # the client's loop: less of its own CPU in the figures
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
 
     work = Path(tempfile.mkdtemp(prefix="gas-load-"))
     detector = args.detector
@@ -179,8 +272,7 @@ def main() -> None:
 
         detector = str(ThresholdDetector().save(work / "detector"))
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    broker = None
-    extra = []
+    broker, extra = None, args.serve.split()
     if not args.no_mqtt and Path(mosquitto).exists():
         port = free_port()
         # mosquitto's defaults (20 in flight, 1000 queued per client) drop QoS 1 messages beyond that
@@ -189,27 +281,63 @@ def main() -> None:
                                              "max_inflight_messages 1000\nmax_queued_messages 1000000\n")
         broker = subprocess.Popen([mosquitto, "-c", str(work / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        extra = ["mqtt.enabled=true", f"mqtt.port={port}"]
+        extra += ["mqtt.enabled=true", f"mqtt.port={port}"]
     proc, url, lines = start_service(work, detector, extra)
+    server = psutil.Process(proc.pid)
+    host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()
+    acked, five, failed = 0, 0, False
     try:
         status = httpx.get(url + "/api/status", timeout=10).json()
         print(f"service: {url}  detector: {status['model_status']['model_type']}  "
-              f"storage: synchronous={status['storage']['synchronous']}  cpus: {os.cpu_count()}")
-        h = asyncio.run(http_load(url, args.sensors, args.seconds, args.max_requests, args.batch))
-        five = sum(n for code, n in h["codes"].items() if code >= 500)
-        print(f"HTTP  {args.sensors} sensors x {args.batch} reading(s)/request for {h['elapsed_s']:.1f} s: "
-              f"{h['rps']:.0f} req/s, {h['readings_per_s']:.0f} readings/s, p50 {h['p50_ms']:.1f} ms, "
-              f"p99 {h['p99_ms']:.1f} ms, status {h['codes']}, 5xx {five}, client errors {h['errors']}")
+              f"storage: synchronous={status['storage']['synchronous']}  cpus: {os.cpu_count()}  "
+              f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        phases = [(float(r), 1) for r in args.rates.split(",") if r]
+        if not args.no_batch:
+            phases.append((args.batch_rate, args.batch))
+        clocks = {1: Clock(args.sensors, "load"), args.batch: Clock(2 * args.sensors, "batch")}
+        for rate, batch in phases:
+            clock = clocks[batch]
+            if args.warmup and clock.i == 0:
+                took = warm_up(url, clock, args.warmup)
+                st = catch_up(url)
+                print(f"  warm-up: {clock.sensors} sensors x {args.warmup} readings in {took:.1f} s, detection "
+                      f"caught up {st['catch_up_s']:.1f} s later", flush=True)
+                acked += clock.sensors * args.warmup
+            runs = []
+            for _ in range(args.repeat):
+                s0 = server.cpu_times()
+                before = httpx.get(url + "/api/status", timeout=10).json()["detection"]
+                h = asyncio.run(open_loop(host, int(port), rate, args.seconds, batch, clock, args.connections,
+                                          url + "/api/status"))
+                s1 = server.cpu_times()
+                h["server_cpu"] = (s1.user + s1.system - s0.user - s0.system) / h["elapsed_s"]
+                st = catch_up(url)
+                h["skipped"] = st["windows_skipped"] - before["windows_skipped"]
+                h["scored"] = st["windows_scored"] - before["windows_scored"]
+                h["catch_up_s"] = st["catch_up_s"]
+                acked += h["acked"]
+                bad = sum(n for code, n in h["codes"].items() if code >= 500)
+                five += bad
+                failed |= bool(h["errors"] or bad or h["answered"] < h["requests"])
+                runs.append(h)
+                print(f"  {rate:6.0f} req/s x {batch:3d}: {h['rps']:6.0f} req/s {h['readings_per_s']:7.0f} readings/s  "
+                      f"p50 {h['p50_ms']:7.1f}  p99 {h['p99_ms']:7.1f}  p99.9 {h['p999_ms']:7.1f}  max {h['max_ms']:7.1f} ms  "
+                      f"errors {h['errors']}  5xx {bad}  codes {h['codes']}  client CPU {100 * h['client_cpu']:.0f} %  "
+                      f"server CPU {100 * h['server_cpu']:.0f} %  windows {h['scored']} scored {h['skipped']} skipped  "
+                      f"detector lag max {h['lag_max_s']:.2f} s  caught up {h['catch_up_s']:.1f} s after", flush=True)
+            med = {k: float(np.median([r[k] for r in runs])) for k in
+                   ("rps", "readings_per_s", "p50_ms", "p99_ms", "p999_ms", "client_cpu", "server_cpu", "lag_max_s")}
+            print(f"HTTP open loop {rate:.0f} req/s x {batch} reading(s), median of {len(runs)}: {med['rps']:.0f} req/s, "
+                  f"{med['readings_per_s']:.0f} readings/s, p50 {med['p50_ms']:.1f} ms, p99 {med['p99_ms']:.1f} ms, "
+                  f"p99.9 {med['p999_ms']:.1f} ms; client CPU {100 * med['client_cpu']:.0f} % of a core, server "
+                  f"{100 * med['server_cpu']:.0f} %; windows skipped {sum(r['skipped'] for r in runs)}, detector lag "
+                  f"max {med['lag_max_s']:.2f} s", flush=True)
         m = None
         if broker is not None:
-            m = mqtt_load(int(extra[1].split("=")[1]), url, args.sensors, args.mqtt_messages, args.seconds)
-            print(f"MQTT  {m['published']} QoS-1 messages from {args.sensors} sensors: {m['msgs_per_s']:.0f} msgs/s "
-                  f"stored end to end ({m['stored']} stored in {m['elapsed_s']:.1f} s)")
-        t_wait = time.perf_counter()  # let detection catch up with what was acknowledged
-        while (st := httpx.get(url + "/api/status", timeout=10).json()["detection"])["pending"] and \
-                time.perf_counter() - t_wait < 120:
-            time.sleep(0.5)
-        st["catch_up_s"] = time.perf_counter() - t_wait
+            m = mqtt_load(int(extra[-1].split("=")[1]), url, 20, args.mqtt_messages, args.seconds)
+            print(f"MQTT  {m['published']} QoS-1 messages from 20 sensors: {m['msgs_per_s']:.0f} msgs/s "
+                  f"stored end to end ({m['stored']} stored in {m['elapsed_s']:.1f} s)", flush=True)
+            catch_up(url)
     finally:
         stop_service(proc)
         if broker is not None:
@@ -217,15 +345,13 @@ def main() -> None:
             broker.wait(5)
     with sqlite3.connect(work / "load.sqlite") as conn:
         stored = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
-    expected = h["acked"] + (m["stored"] if m else 0)
-    print(f"detection: {st['windows_scored']} windows scored, {st['windows_skipped']} skipped under load, "
-          f"{st['detect_seconds']:.1f} s in the detector ({st['windows_scored'] / max(st['detect_seconds'], 1e-9):.0f} "
-          f"windows/s), caught up {st['catch_up_s']:.1f} s after the load ended, {st['pending']} left")
+    expected = acked + (m["stored"] if m else 0)
     lost_mqtt = (m["published"] - m["stored"]) if m else 0
     if m:
         print(f"MQTT: {m['published']} published, {m['stored']} stored ({lost_mqtt} lost)")
     verdict = "OK" if stored == expected and five == 0 and lost_mqtt == 0 else "FAIL"
-    print(f"SQLite: {stored} readings stored, {expected} acknowledged -> {verdict}")
+    print(f"SQLite: {stored} readings stored, {expected} acknowledged -> {verdict}"
+          + ("" if not failed else " (some requests failed or went unanswered: see above)"))
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if verdict == "OK" else 1)
 

@@ -57,7 +57,7 @@ def check_token(host: str, token: str | None, how: str) -> str | None:
 
 def require_bearer(how: str):
     """A FastAPI dependency: with ``app.state.token`` set, the request needs ``Authorization: Bearer <token>``."""
-    def dependency(request: Request) -> None:
+    async def dependency(request: Request) -> None:  # async: no thread-pool hop for a header check
         token = getattr(request.app.state, "token", None)
         if not token:
             return

@@ -43,12 +43,14 @@ def _service():
     storage = Storage(path, synchronous="OFF")  # durability is tested elsewhere; keep the fuzzing fast
     # The time-relative rules (serve.max_future_s, the retention) cannot be in a static schema; with
     # them opened up, every reading the schema calls valid must be stored. test_gas_service_api tests them.
-    pipeline = Pipeline(ThresholdDetector(), storage, AlertRules(), max_future_s=1e11)
+    # Likewise a silence's end must be in the future and within alerts.max_silence_hours: on this
+    # pipeline's clock (-1) every schema-valid end is (test_gas_service_ops tests the rules).
+    pipeline = Pipeline(ThresholdDetector(), storage, AlertRules(), max_future_s=1e11, clock=lambda: -1.0)
     now = time.time()
     pipeline.ingest([Reading(sensor_id="a", timestamp=now - 100 + i, gas_concentration=1500.0 if i > 70 else 50.0,
                              temperature=20.0, humidity=40.0) for i in range(90)], "http")
     pipeline.drain()
-    return create_app(pipeline, ServiceSettings(max_batch=50)), storage
+    return create_app(pipeline, ServiceSettings(max_batch=50, max_silence_s=1e11)), storage
 
 
 APP, STORAGE = _service()

@@ -1,13 +1,15 @@
-"""The FastAPI app: routers for status, sensor data, alerts and the dashboard (OpenAPI at /docs).
+"""The FastAPI app: routers for status, sensor data, alerts, silences, Prometheus metrics (/metrics)
+and the dashboard (OpenAPI at /docs).
 
 ``create_app`` takes a running ``Pipeline``; everything else (the token, limits, the MQTT bridge
-for status) comes in as ``ServiceSettings``. Write endpoints (ingest, acknowledge) depend on
+for status) comes in as ``ServiceSettings``. Write endpoints (ingest, acknowledge, silence) depend on
 ``require_token``: with a token configured they want ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 from http import HTTPStatus
@@ -18,16 +20,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from framework import serving
+from plugins.gasleak_lstm_svm.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from plugins.gasleak_lstm_svm.service.pipeline import IngestError, Pipeline
 from plugins.gasleak_lstm_svm.service.schemas import (
     EPOCH_MAX, SENSOR_ID_PATTERN, AlertOut, AlertsPage, ErrorOut, IngestResult, Level, Reading, ReadingOut,
-    ReadingsPage, Status, iso)
+    ReadingsPage, SilenceIn, SilenceOut, SilencesPage, Status, iso, to_epoch)
 
 STATIC = Path(__file__).with_name("static")
 _READINGS = TypeAdapter(list[Reading])
@@ -38,15 +42,17 @@ class ServiceSettings:
     token: str | None = None
     max_batch: int = 1000
     max_body_bytes: int = 1_048_576
+    max_silence_s: float = 7 * 86400.0  # alerts.max_silence_hours
     bridge: Any = None  # MqttBridge or None
 
 
 # ---- dependencies --------------------------------------------------------------------------------
-def get_pipeline(request: Request) -> Pipeline:
+# async: FastAPI runs a plain def dependency in its thread pool, a hop per request for nothing
+async def get_pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
@@ -71,7 +77,7 @@ def _alert_out(alert: dict) -> AlertOut:
                     start_time=iso(alert["start_ts"]), end_time=iso(alert["end_ts"]), open=alert["end_ts"] is None,
                     peak_ppm=alert["peak_ppm"], peak_probability=alert["peak_probability"],
                     acknowledged=alert["acknowledged"], acknowledged_at=alert["acknowledged_at"],
-                    message=alert["message"])
+                    message=alert["message"], silenced=alert.get("silenced", False), repeats=alert.get("repeats", 0))
 
 
 # ---- routers -----------------------------------------------------------------------------------------
@@ -82,6 +88,12 @@ health = APIRouter(tags=["health"])
 def get_health(pipeline: PipelineDep) -> dict:
     pipeline.storage.count_readings()
     return {"status": "ok"}
+
+
+@health.get("/metrics", summary="Prometheus metrics (text exposition format)",
+            responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "the exposition"}})
+def get_metrics(pipeline: PipelineDep) -> Response:
+    return Response(pipeline.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 status = APIRouter(prefix="/api", tags=["status"])
@@ -99,7 +111,13 @@ def get_status(pipeline: PipelineDep, settings: Annotated[ServiceSettings, Depen
         mqtt=bridge.status() if bridge is not None else {"enabled": False, "connected": False},
         storage={"path": str(pipeline.storage.path), "synchronous": pipeline.storage.synchronous,
                  "retention_hours": None if pipeline.storage.retention_s is None else pipeline.storage.retention_s / 3600},
-        detection={**stats, "window": pipeline.window, "rules": dataclasses.asdict(pipeline.engine.rules)},
+        detection={**stats, "lag_s": pipeline.detector_lag(), "window": pipeline.window,
+                   "rules": dataclasses.asdict(pipeline.engine.rules), "repeat_every_s": pipeline.repeat_every_s,
+                   "silenced_sensors": len(pipeline.active_silences())},
+        ingest={"rate_per_s": round(pipeline.metrics.ingest_rate(), 2),
+                "rate_window_s": pipeline.metrics.rate_window_s,
+                "by_source": {s.labels["source"]: int(s.value) for m in pipeline.metrics.readings.collect()
+                              for s in m.samples if s.name.endswith("_total")}},
     )
 
 
@@ -128,8 +146,9 @@ INGEST_BODY = {
               responses={**WRITE_ERRORS,
                          400: {"model": ErrorOut, "description": "the body is not JSON"},
                          422: {"model": ErrorOut, "description": "a reading is invalid; nothing was stored"}})
-def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeline: PipelineDep,
-                  settings: Annotated[ServiceSettings, Depends(get_settings)]) -> IngestResult:
+async def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeline: PipelineDep,
+                        settings: Annotated[ServiceSettings, Depends(get_settings)]) -> IngestResult:
+    # async: on the event loop, awaiting the group commit, rather than a pool thread blocked on it
     if isinstance(payload, dict) and "readings" in payload:
         extra = sorted(set(payload) - {"readings"})
         if extra:
@@ -156,7 +175,7 @@ def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], pipeli
     except ValidationError as exc:  # one bad reading refuses the whole batch: nothing is stored
         raise RequestValidationError(_prefixed(exc, prefix, drop_index=single))
     try:
-        inserted = pipeline.ingest(readings, "http")
+        inserted = await pipeline.ingest_async(readings, "http")
     except IngestError as exc:
         raise RequestValidationError([{"type": "value_error", "loc": prefix, "msg": str(exc)}])
     return IngestResult(accepted=len(inserted.ids), ids=inserted.ids, duplicates=inserted.new.count(False))
@@ -206,6 +225,51 @@ def ack_alert(alert_id: Annotated[int, PathParam(ge=1, le=2**62)], pipeline: Pip
     if alert is None:
         raise HTTPException(404, f"no alert with id {alert_id}")
     return _alert_out(alert)
+
+
+silences = APIRouter(prefix="/api", tags=["silences"])
+SensorIdPath = Annotated[str, PathParam(pattern=SENSOR_ID_PATTERN, description="the sensor")]
+
+
+def _silence_out(entry: dict) -> SilenceOut:
+    return SilenceOut(sensor_id=entry["sensor_id"], until=entry["until_ts"], until_time=iso(entry["until_ts"]),
+                      reason=entry["reason"], created_at=entry["created_at"])
+
+
+@silences.post("/sensors/{sensor_id}/silence", status_code=201, response_model=SilenceOut,
+               dependencies=[Depends(require_token)],
+               summary="Silence a sensor's notifications until a time (its alerts are still recorded, marked silenced)",
+               description="Replaces the sensor's silence if it has one. The end must be in the future and at most "
+                           "alerts.max_silence_hours away. A sensor not seen yet may be silenced (before it is installed).",
+               responses={**WRITE_ERRORS, 400: {"model": ErrorOut, "description": "the body is not JSON"},
+                          422: {"model": ErrorOut, "description": "no end, an end in the past, or too far"}})
+def post_silence(sensor_id: SensorIdPath, body: SilenceIn, pipeline: PipelineDep,
+                 settings: Annotated[ServiceSettings, Depends(get_settings)]) -> SilenceOut:
+    now = pipeline.clock()
+    until = to_epoch(body.until) if body.until is not None else now + body.duration_s
+    field = "until" if body.until is not None else "duration_s"
+    if until <= now:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", field),
+                                       "msg": f"the silence would end {now - until:.0f} s in the past"}])
+    if until - now > settings.max_silence_s:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", field),
+                                       "msg": f"a silence ends at most {settings.max_silence_s / 3600:g} h from now "
+                                              "(alerts.max_silence_hours)"}])
+    return _silence_out(pipeline.silence(sensor_id, until, body.reason))
+
+
+@silences.delete("/sensors/{sensor_id}/silence", status_code=204, dependencies=[Depends(require_token)],
+                 summary="End a sensor's silence now",
+                 responses={**WRITE_ERRORS, 404: {"model": ErrorOut, "description": "the sensor is not silenced"}})
+def delete_silence(sensor_id: SensorIdPath, pipeline: PipelineDep) -> Response:
+    if not pipeline.unsilence(sensor_id):
+        raise HTTPException(404, f"sensor {sensor_id} is not silenced")
+    return Response(status_code=204)
+
+
+@silences.get("/silences", response_model=SilencesPage, summary="The silences in force now")
+def get_silences(pipeline: PipelineDep) -> SilencesPage:
+    return SilencesPage(silences=[_silence_out(s) for s in pipeline.active_silences()])
 
 
 dashboard = APIRouter(include_in_schema=False)
@@ -273,7 +337,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:  # Starlette names only the first route's methods; a path may have several routes
+        allowed = set()
+        for route in request.app.router.routes:
+            if route.matches(request.scope)[0] == Match.PARTIAL:
+                allowed |= getattr(route, "methods", None) or set()
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
 
 def _openapi(app: FastAPI) -> dict:
@@ -287,9 +358,15 @@ def _openapi(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
+# FastAPI's native OpenTelemetry (newer versions) looks up the global providers in os.environ on every
+# request, a tenth of the ingest path under load (py-spy); this service reports through /metrics.
+NO_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+                if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
 def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> FastAPI:
     app = serving.new_app(  # offline /docs
-        responses=ERRORS,
+        responses=ERRORS, **NO_TELEMETRY,
         title="Gas-leak detection service",
         description="Live readings in, leak alerts out: an LSTM+SVM detector with pure-SVM and threshold fallbacks.",
         version="1.0",
@@ -297,10 +374,11 @@ def create_app(pipeline: Pipeline, settings: ServiceSettings | None = None) -> F
     app.state.pipeline = pipeline
     app.state.settings = settings or ServiceSettings()
     app.state.token = app.state.settings.token
+    pipeline.metrics.bridge = app.state.settings.bridge
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.openapi = lambda: _openapi(app)
-    for router in (health, status, sensors, alerts, dashboard):
+    for router in (health, status, sensors, alerts, silences, dashboard):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=app.state.settings.max_body_bytes)

@@ -116,7 +116,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
                         publish=bridge.publish_alert if bridge else None)
     pipeline = Pipeline(detector, storage, rules, notifier, max_future_s=sc.max_future_s, max_gap_s=sc.max_gap_s,
                         max_windows_per_round=sc.max_windows_per_round, interval_s=sc.detect_interval_s,
-                        prune_every_s=cfg.storage.prune_every_s)
+                        prune_every_s=cfg.storage.prune_every_s, repeat_every_s=cfg.alerts.get("repeat_every_s"))
     pipeline.detector_source = source
     if bridge is not None:
         bridge.on_readings = pipeline.ingest
@@ -124,7 +124,8 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
     pipeline.start()
 
     app = create_app(pipeline, ServiceSettings(token=token, max_batch=int(sc.max_batch),
-                                               max_body_bytes=int(sc.max_body_bytes), bridge=bridge))
+                                               max_body_bytes=int(sc.max_body_bytes), bridge=bridge,
+                                               max_silence_s=float(cfg.alerts.get("max_silence_hours", 168)) * 3600))
     server = serving.Server(app, sock)
     nodes = publisher = url = None
     t_start = time.time()

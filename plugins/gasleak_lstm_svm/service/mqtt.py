@@ -206,6 +206,10 @@ class MqttBridge:
             raise ValueError(f"bad sensor_id {reading['sensor_id']!r}")
         return self.client.publish(f"{self.sensor_topic}/{reading['sensor_id']}", json.dumps(reading), qos=self.qos)
 
+    def inbox_depth(self) -> int:
+        """Messages received, not yet stored and acknowledged."""
+        return self._inbox.qsize()
+
     def status(self) -> dict:
         return {"enabled": True, "connected": self.connected, "host": self.host, "port": self.port,
                 "last_error": self.last_error, "received": self.received, "rejected": self.rejected}

@@ -51,6 +51,9 @@ class Notifier:
                 except queue.Empty:
                     pass
 
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
     def _run(self) -> None:
         with httpx.Client(timeout=self.timeout_s) as client:
             while True:

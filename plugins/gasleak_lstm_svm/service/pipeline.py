@@ -11,6 +11,12 @@ slow detector delays alerts but never an acknowledgement; if it falls more than
 ``max_windows_per_round`` windows behind on a sensor, the older windows of that round go unscored
 (and are counted, and logged once).
 
+Alert notifications go to the notifier (log, MQTT, webhook) unless the sensor is silenced
+(``silence``: until a time, persisted in SQLite); a silenced alert is still stored, marked
+``silenced``. An open, unacknowledged danger alert is notified again every ``repeat_every_s``
+(``alerts.repeat_every_s``) until it is acknowledged or closed; the time of its last notification
+is stored, so the repeats carry on after a restart.
+
 If the detector raises at run time, the pipeline falls back to the threshold rule (the last
 fallback of the original design) and says so in the log and in /api/status.
 """
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plugins.gasleak_lstm_svm.service.alerts import NOTIFY, AlertEngine, AlertRules
+from plugins.gasleak_lstm_svm.service.metrics import ServiceMetrics
 from plugins.gasleak_lstm_svm.service.schemas import Reading
 from plugins.gasleak_lstm_svm.service.storage import Inserted, Storage
 
@@ -40,7 +47,7 @@ class _Sensor:
     buffer: deque               # the last InputSpec.history samples since the last gap
     last_ts: float | None = None
     last_seen: float | None = None     # server clock, for the offline rule
-    latest: dict | None = None
+    latest: tuple | None = None        # (id, row, source) of its newest reading
     probability: float | None = None
     baseline_ppm: float | None = None  # clean-air baseline of its newest window
     received: int = 0
@@ -50,7 +57,8 @@ class _Sensor:
 class Pipeline:
     def __init__(self, detector, storage: Storage, rules: AlertRules, notifier=None, *,
                  max_future_s: float = 300.0, max_gap_s: float = 10.0, max_windows_per_round: int = 256,
-                 interval_s: float = 0.2, prune_every_s: float = 600.0, clock=time.time):
+                 interval_s: float = 0.2, prune_every_s: float = 600.0, repeat_every_s: float | None = None,
+                 clock=time.time):
         self.detector = detector
         self.storage = storage
         self.notifier = notifier
@@ -62,13 +70,19 @@ class Pipeline:
         self.interval_s = float(interval_s)
         self.prune_every_s = float(prune_every_s)
         self.clock = clock
+        self.repeat_every_s = float(repeat_every_s) if repeat_every_s else None  # None / 0: no repeats
+        self.metrics = ServiceMetrics(self)
+        storage.on_commit = self.metrics.committed
+        self._silences = {s["sensor_id"]: s for s in storage.silences()}
         self.engine = AlertEngine(rules, storage.open_alerts())
         self.sensors: dict[str, _Sensor] = {}
         self.started = clock()
         self.model_fallback_reason: str | None = None
         self.stats = {"readings": 0, "windows_scored": 0, "windows_skipped": 0, "rounds": 0,
-                      "alerts_opened": 0, "detect_seconds": 0.0}
+                      "alerts_opened": 0, "detect_seconds": 0.0, "notifications": 0, "notifications_silenced": 0,
+                      "repeats": 0, "last_round_lag_s": None}
         self._pending: list[tuple[int, str, float, float, float, float]] = []
+        self._pending_since: float | None = None  # monotonic time the oldest pending reading was acknowledged
         self._lock = threading.Lock()        # sensors' arrival state + pending queue
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Event()
@@ -82,33 +96,55 @@ class Pipeline:
         """Validate beyond the schema, commit, queue for detection; returns the storage ids.
 
         Every check happens before the commit: a request is wholly stored or wholly refused."""
+        t0 = time.perf_counter()
+        rows = self._checked(readings, source)
+        if not rows:
+            return Inserted([], [])
+        inserted = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
+        return self._queue_for_detection(inserted, rows, source, t0)
+
+    async def ingest_async(self, readings: list[Reading], source: str) -> Inserted:
+        """``ingest`` for the HTTP event loop: the same checks and commit, awaited instead of blocking."""
+        t0 = time.perf_counter()
+        rows = self._checked(readings, source)
+        if not rows:
+            return Inserted([], [])
+        inserted = await self.storage.insert_readings_async(rows, source)  # committed: the acknowledgement
+        return self._queue_for_detection(inserted, rows, source, t0)
+
+    def _checked(self, readings: list[Reading], source: str) -> list[tuple]:
         now = self.clock()
         retention_s = self.storage.retention_s
-        rows, latest = [], []
+        rows = []
         for i, reading in enumerate(readings):
             ts = reading.epoch
             where = f"readings[{i}]" if len(readings) > 1 else "reading"
             if ts > now + self.max_future_s:
+                self.metrics.refused.labels(source).inc()
                 raise IngestError(f"{where}.timestamp is {ts - now:.0f} s in the future "
                                   f"(more than serve.max_future_s={self.max_future_s:g})")
             if retention_s is not None and ts < now - retention_s:  # the next prune would delete it unseen
+                self.metrics.refused.labels(source).inc()
                 raise IngestError(f"{where}.timestamp is {(now - ts) / 3600:.1f} h old, older than the retention "
                                   f"(storage.retention_hours={retention_s / 3600:g})")
             rows.append((reading.sensor_id, ts, reading.gas_concentration, reading.temperature, reading.humidity))
-            latest.append(_reading_dict(None, rows[-1], source))
-        if not rows:
-            return Inserted([], [])
-        inserted = self.storage.insert_readings(rows, source)  # committed: this is the acknowledgement
+        return rows
+
+    def _queue_for_detection(self, inserted: Inserted, rows: list[tuple], source: str, t0: float) -> Inserted:
+        new = sum(inserted.new)
+        self.metrics.ingested(source, new, len(rows) - new, time.perf_counter() - t0)
         with self._lock:
             arrived = self.clock()
-            for rid, is_new, row, shown in zip(inserted.ids, inserted.new, rows, latest):
+            if new and not self._pending:
+                self._pending_since = time.monotonic()
+            for rid, is_new, row in zip(inserted.ids, inserted.new, rows):
                 if not is_new:  # stored before, and queued for detection then
                     continue
                 self._pending.append((rid, *row))
                 sensor = self._sensor(row[0])
                 sensor.last_seen = arrived
                 sensor.received += 1
-                sensor.latest = shown | {"id": rid}
+                sensor.latest = (rid, row, source)  # shown as a dict by sensor_views
             self.stats["readings"] += sum(inserted.new)
             self._idle.clear()
             self._wake.notify()
@@ -123,6 +159,18 @@ class Pipeline:
         """Readings acknowledged but not yet through detection."""
         with self._lock:
             return len(self._pending)
+
+    def detector_lag(self) -> float:
+        """Seconds the oldest acknowledged reading not yet through detection has waited (0: caught up)."""
+        with self._lock:
+            since = self._pending_since if self._pending else None
+        return 0.0 if since is None else round(time.monotonic() - since, 4)
+
+    def queue_depths(self) -> dict[str, int]:
+        depths = {"detection": self.pending(), "storage": self.storage.queue_depth()}
+        if self.notifier is not None and hasattr(self.notifier, "queue_depth"):
+            depths["notifier"] = self.notifier.queue_depth()
+        return depths
 
     # ---- detection (one thread) ------------------------------------------------------------------
     def start(self) -> "Pipeline":
@@ -140,6 +188,7 @@ class Pipeline:
             try:
                 self.process_pending()
                 self.check_offline()
+                self.check_repeats()
                 if self.clock() - last_prune > self.prune_every_s:
                     last_prune = self.clock()
                     self.storage.prune()
@@ -152,6 +201,7 @@ class Pipeline:
         """One detection round over everything queued so far; returns the number of readings."""
         with self._lock:
             batch, self._pending = self._pending, []
+            since, self._pending_since = self._pending_since, None
         if not batch:
             self._idle.set()
             return 0
@@ -189,6 +239,7 @@ class Pipeline:
         skipped = int((~keep).sum())
         if skipped:
             self.stats["windows_skipped"] += skipped
+            self.metrics.windows_skipped.inc(skipped)
             if not self._behind_logged:
                 self._behind_logged = True
                 log.warning("detector is falling behind the readings: scoring only the newest %d windows per sensor "
@@ -212,9 +263,13 @@ class Pipeline:
                 if event in NOTIFY:  # as it is now: it may escalate later in this round
                     notify.append((event, alert, dict(alert)))
         self.stats["windows_scored"] += len(scores)
+        self.metrics.windows_scored.inc(len(scores))
         self._finish_round(scores, changed, notify)
         self.stats["rounds"] += 1
         self.stats["detect_seconds"] += time.perf_counter() - t0
+        self.metrics.score_seconds.observe(time.perf_counter() - t0)
+        if since is not None:  # from the oldest reading's acknowledgement to its alert decision
+            self.stats["last_round_lag_s"] = round(time.monotonic() - since, 4)
         with self._lock:
             if not self._pending:
                 self._idle.set()
@@ -239,13 +294,68 @@ class Pipeline:
             self._finish_round([], {id(a): a for _, a in changes}, [(e, a, dict(a)) for e, a in changes])
 
     def _finish_round(self, scores, changed: dict, notify: list) -> None:
-        self.storage.save_round(scores, changed.values())  # assigns ids to new alerts
-        for event, alert, snapshot in notify:
+        now = self.clock()
+        silenced = [self.is_silenced(alert["sensor_id"], now) for _, alert, _ in notify]
+        self.storage.save_round(scores, changed.values(), [(alert, s) for (_, alert, _), s in zip(notify, silenced)],
+                                now=now)  # assigns ids to new alerts
+        for (event, alert, snapshot), held in zip(notify, silenced):
             snapshot["id"] = alert["id"]
             if event == "opened":
                 self.stats["alerts_opened"] += 1
-            if self.notifier is not None:
-                self.notifier.notify(event, snapshot)
+            self._notify(event, snapshot, held)
+
+    def _notify(self, event: str, alert: dict, silenced: bool) -> None:
+        alert["silenced"] = silenced or bool(alert.get("silenced"))
+        if silenced:  # stored and shown, not sent
+            self.stats["notifications_silenced"] += 1
+            self.metrics.suppressed.labels(event).inc()
+            log.info("alert %s #%s not notified: sensor %s is silenced", event, alert.get("id"), alert["sensor_id"])
+            return
+        self.stats["notifications"] += 1
+        self.metrics.notifications.labels(event).inc()
+        if self.notifier is not None:
+            self.notifier.notify(event, alert)
+
+    def check_repeats(self) -> int:
+        """Notify again each open, unacknowledged danger alert not notified for ``repeat_every_s``."""
+        if self.repeat_every_s is None:
+            return 0
+        now = self.clock()
+        due = self.storage.due_repeats(now, self.repeat_every_s)
+        if not due:
+            return 0
+        silenced = [self.is_silenced(alert["sensor_id"], now) for alert in due]
+        self.storage.repeated([alert["id"] for alert in due], silenced, now)
+        for alert, held in zip(due, silenced):
+            alert["repeats"] += 1
+            self.stats["repeats"] += 1
+            self._notify("repeated", alert, held)
+        return len(due)
+
+    # ---- silences (any thread) ---------------------------------------------------------------------
+    def silence(self, sensor_id: str, until_ts: float, reason: str | None = None) -> dict:
+        """Hold back this sensor's notifications until ``until_ts`` (stored: it outlives a restart)."""
+        entry = self.storage.set_silence(sensor_id, float(until_ts), reason, self.clock())
+        with self._lock:
+            self._silences[sensor_id] = entry
+        return entry
+
+    def unsilence(self, sensor_id: str) -> bool:
+        """End a sensor's silence now; False if it had none (expired ones count as none)."""
+        active = any(s["sensor_id"] == sensor_id for s in self.active_silences())
+        self.storage.clear_silence(sensor_id)
+        with self._lock:
+            self._silences.pop(sensor_id, None)
+        return active
+
+    def active_silences(self) -> list[dict]:
+        now = self.clock()
+        with self._lock:
+            return [dict(s) for _, s in sorted(self._silences.items()) if s["until_ts"] > now]
+
+    def is_silenced(self, sensor_id: str, now: float) -> bool:
+        entry = self._silences.get(sensor_id)
+        return entry is not None and entry["until_ts"] > now
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every reading ingested so far has been through detection (tests, shutdown)."""
@@ -285,13 +395,16 @@ class Pipeline:
         with self._lock:
             items = sorted(self.sensors.items())
             views = []
+            now = self.clock()
             for sid, s in items:
                 state = self.engine.state(sid) or "normal"
+                silence = self._silences.get(sid)
                 if state == "normal" and len(s.buffer) < self.window:
                     state = "warming_up"
-                views.append({"sensor_id": sid, "state": state, "latest": dict(s.latest) if s.latest else None,
+                views.append({"sensor_id": sid, "state": state, "latest": _reading_dict(*s.latest) if s.latest else None,
                               "probability": s.probability, "last_seen": s.last_seen, "readings": s.received,
-                              "baseline_ppm": s.baseline_ppm, "threshold_rule": self.engine.rules.threshold_status(s.baseline_ppm)})
+                              "baseline_ppm": s.baseline_ppm, "threshold_rule": self.engine.rules.threshold_status(s.baseline_ppm),
+                              "silenced_until": silence["until_ts"] if silence and silence["until_ts"] > now else None})
         for view in views:
             if view["latest"] is not None:
                 view["latest"]["probability"] = view["probability"]

@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 # Physical ranges of the sensors the original system used (MQ-type gas sensor, DHT-type
 # temperature/humidity); anything outside is a broken sensor or a bad client, never a reading.
@@ -52,20 +52,64 @@ class Reading(BaseModel):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _finite_timestamp(cls, value):
-        if isinstance(value, bool):
-            raise ValueError("timestamp must be Unix seconds or an ISO 8601 string")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("timestamp must be a finite number")
-        if isinstance(value, (int, float)) and not 0 <= value < EPOCH_MAX:
-            raise ValueError("timestamp must be Unix seconds between 1970 and 2286")
-        if isinstance(value, str) and not re.match(ISO_YEAR_PATTERN, value):
-            raise ValueError(f"timestamp must be an ISO 8601 date-time from {YEAR_MIN} to {YEAR_MAX}")
-        return value
+        return check_timestamp(value)
 
     @property
     def epoch(self) -> float:
-        ts = self.timestamp if self.timestamp.tzinfo else self.timestamp.replace(tzinfo=timezone.utc)
-        return ts.timestamp()
+        return to_epoch(self.timestamp)
+
+
+def check_timestamp(value):
+    """The forms of ``Timestamp`` the service can store and show (before pydantic parses it)."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be Unix seconds or an ISO 8601 string")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("timestamp must be a finite number")
+    if isinstance(value, (int, float)) and not 0 <= value < EPOCH_MAX:
+        raise ValueError("timestamp must be Unix seconds between 1970 and 2286")
+    if isinstance(value, str) and not re.match(ISO_YEAR_PATTERN, value):
+        raise ValueError(f"timestamp must be an ISO 8601 date-time from {YEAR_MIN} to {YEAR_MAX}")
+    return value
+
+
+def to_epoch(ts: datetime) -> float:
+    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
+
+
+class SilenceIn(BaseModel):
+    """Silence a sensor's notifications until a time, or for a duration (one of the two)."""
+
+    # exactly one of the two ends, in the schema as in the validation
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "example": {"duration_s": 3600, "reason": "maintenance"},
+        "oneOf": [{"required": ["until"]}, {"required": ["duration_s"]}]})
+
+    until: Timestamp = Field(None, description="end of the silence: Unix seconds or ISO 8601")
+    duration_s: Annotated[float, Field(gt=0, lt=EPOCH_MAX, description="or: seconds from now", **Finite)] = None
+    reason: Annotated[str | None, Field(max_length=500)] = None
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _finite_until(cls, value):
+        return check_timestamp(value)
+
+    @model_validator(mode="after")
+    def _one_end(self):
+        if (self.until is None) == (self.duration_s is None):
+            raise ValueError("give the silence's end: either until or duration_s")
+        return self
+
+
+class SilenceOut(BaseModel):
+    sensor_id: str
+    until: float
+    until_time: str
+    reason: str | None
+    created_at: float
+
+
+class SilencesPage(BaseModel):
+    silences: list[SilenceOut]
 
 
 class IngestResult(BaseModel):
@@ -121,6 +165,8 @@ class AlertOut(BaseModel):
     acknowledged: bool
     acknowledged_at: float | None
     message: str
+    silenced: bool = Field(False, description="a notification of it was held back: its sensor was silenced")
+    repeats: int = Field(0, description="repeat notifications sent (alerts.repeat_every_s) while open and unacknowledged")
 
 
 class AlertsPage(BaseModel):
@@ -150,6 +196,7 @@ class SensorStatus(BaseModel):
     baseline_ppm: float | None = Field(None, description="clean-air baseline of the sensor's newest window")
     threshold_rule: str | None = Field(None, description="whether the ppm threshold rule can fire for this sensor: "
                                        "'active', or 'inactive: ...' when its clean-air baseline is far below warning_ppm")
+    silenced_until: float | None = Field(None, description="its notifications are silenced until then (Unix seconds)")
 
 
 class AlertCounts(BaseModel):
@@ -179,6 +226,7 @@ class Status(BaseModel):
     mqtt: BrokerStatus
     storage: dict
     detection: dict
+    ingest: dict = Field(default_factory=dict, description="readings stored per second (last 10 s) and in all, by source")
 
 
 def iso(ts: float | None) -> str | None:

@@ -17,6 +17,7 @@ caller gets the stored row's id. A unique index makes this hold whatever the pat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     message          TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_start ON alerts (start_ts);
+CREATE TABLE IF NOT EXISTS silences (
+    sensor_id  TEXT PRIMARY KEY,
+    until_ts   REAL NOT NULL,    -- notifications for this sensor are suppressed until then
+    reason     TEXT,
+    created_at REAL NOT NULL
+);
 """
 READING_KEY = ("sensor_id", "ts", "gas", "temperature", "humidity")
 # Databases written before the unique index may hold duplicates (a retried MQTT group stored twice):
@@ -73,8 +80,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS readings_unique ON readings ({', '.join(READIN
 """
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# The notification lifecycle (added after the first schema; older files get the columns on open):
+# when it was last notified, how many repeat notifications went out, whether a silence held one back.
+LIFECYCLE_COLUMNS = {"notified_at": "REAL", "repeats": "INTEGER NOT NULL DEFAULT 0",
+                     "silenced": "INTEGER NOT NULL DEFAULT 0"}
 ALERT_COLUMNS = ("id", "sensor_id", "kind", "level", "causes", "start_ts", "end_ts", "peak_ppm",
-                 "peak_probability", "acknowledged", "acknowledged_at", "message")
+                 "peak_probability", "acknowledged", "acknowledged_at", "message", *LIFECYCLE_COLUMNS)
 
 
 _INSERT = (f"INSERT INTO readings ({', '.join(READING_KEY)}, received, source) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -88,14 +99,16 @@ class Inserted(NamedTuple):
 
 
 class _Job:
-    __slots__ = ("fn", "done", "result", "error")
+    __slots__ = ("fn", "done", "result", "error", "on_done")
 
-    def __init__(self, fn):
+    def __init__(self, fn, on_done=None):
         self.fn, self.done, self.result, self.error = fn, threading.Event(), None, None
+        self.on_done = on_done  # called on the writer thread once committed (or failed)
 
 
 class Storage:
-    def __init__(self, path: str | Path, synchronous: str = "FULL", retention_hours: float | None = None):
+    def __init__(self, path: str | Path, synchronous: str = "FULL", retention_hours: float | None = None,
+                 on_commit: Callable[[int, float], None] | None = None):
         synchronous = str(synchronous).upper()
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"storage.synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
@@ -105,6 +118,10 @@ class Storage:
         self.retention_s = None if retention_hours is None else float(retention_hours) * 3600.0
         self._conn = self._connect()
         self._conn.executescript(SCHEMA)
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(alerts)")}
+        for column, kind in LIFECYCLE_COLUMNS.items():
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE alerts ADD COLUMN {column} {kind}")
         if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings_unique'").fetchone() is None:
             before = self._conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
             self._conn.executescript(f"BEGIN IMMEDIATE; {DEDUPLICATE} COMMIT;")
@@ -116,6 +133,7 @@ class Storage:
         self._readers_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.commits = 0
+        self.on_commit = on_commit  # (writes in the group, seconds): the metrics' commit histogram
         self._closed = False
         self._thread = threading.Thread(target=self._writer, name="sqlite-writer", daemon=True)
         self._thread.start()
@@ -144,6 +162,7 @@ class Storage:
                     self._queue.put(None)  # finish this group, then stop
                     break
                 jobs.append(nxt)
+            t0 = time.perf_counter()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for j in jobs:
@@ -157,6 +176,8 @@ class Storage:
                         j.error = exc
                 conn.execute("COMMIT")
                 self.commits += 1
+                if self.on_commit is not None:
+                    self.on_commit(len(jobs), time.perf_counter() - t0)
             except Exception as exc:
                 log.error("storage: commit failed: %s", exc)
                 try:
@@ -167,6 +188,8 @@ class Storage:
                     j.error = j.error or exc
             for j in jobs:
                 j.done.set()
+                if j.on_done is not None:
+                    j.on_done(j)
 
     def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` inside a transaction on the writer thread; return once it is committed."""
@@ -179,9 +202,28 @@ class Storage:
             raise job.error
         return job.result
 
+    async def write_async(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``write`` for an event loop: awaits the commit instead of blocking a thread on it."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def done(job):
+            loop.call_soon_threadsafe(_settle, future, job)
+
+        self._queue.put(_Job(fn, done))
+        return await future
+
     def insert_readings(self, rows: list[tuple[str, float, float, float, float]], source: str) -> Inserted:
         """rows: (sensor_id, ts, gas, temperature, humidity). Returns their ids once committed."""
+        return self.write(self._insert_fn(rows, source))
 
+    async def insert_readings_async(self, rows: list[tuple[str, float, float, float, float]], source: str) -> Inserted:
+        return await self.write_async(self._insert_fn(rows, source))
+
+    @staticmethod
+    def _insert_fn(rows, source):
         def fn(conn):
             now = time.time()
             cur = conn.cursor()
@@ -193,20 +235,57 @@ class Storage:
                 new.append(inserted is not None)
             return Inserted(ids, new)
 
-        return self.write(fn)
+        return fn
 
-    def save_round(self, scores: Iterable[tuple[int, float, str]], alerts: Iterable[dict]) -> None:
-        """One detection round: the window scores and every alert it opened or changed."""
-        scores, alerts = list(scores), list(alerts)
-        if not scores and not alerts:
+    def save_round(self, scores: Iterable[tuple[int, float, str]], alerts: Iterable[dict],
+                   notified: Iterable[tuple[dict, bool]] = (), now: float | None = None) -> None:
+        """One detection round: the window scores, every alert it opened or changed, and which of
+        them were notified (``(alert, silenced)``: silenced means the notification was held back)."""
+        scores, alerts, notified = list(scores), list(alerts), list(notified)
+        if not scores and not alerts and not notified:
             return
 
         def fn(conn):
             conn.executemany("INSERT OR REPLACE INTO scores (reading_id, probability, detector) VALUES (?, ?, ?)", scores)
             for alert in alerts:
                 _upsert_alert(conn, alert)
+            for alert, silenced in notified:  # after the upserts: a new alert has its id now
+                conn.execute("UPDATE alerts SET notified_at = ?, silenced = MAX(silenced, ?) WHERE id = ?",
+                             (now if now is not None else time.time(), int(silenced), alert["id"]))
 
         self.write(fn)
+
+    def repeated(self, alert_ids: list[int], silenced: list[bool], now: float) -> None:
+        """Repeat notifications of these alerts went out (or were held back by a silence) at ``now``."""
+        def fn(conn):
+            conn.executemany("UPDATE alerts SET notified_at = ?, repeats = repeats + 1, silenced = MAX(silenced, ?) "
+                             "WHERE id = ?", [(now, int(s), i) for i, s in zip(alert_ids, silenced)])
+
+        self.write(fn)
+
+    def due_repeats(self, now: float, every_s: float) -> list[dict]:
+        """Open, unacknowledged danger alerts last notified ``every_s`` or more before ``now``."""
+        rows = self._reader().execute(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE end_ts IS NULL AND acknowledged = 0 "
+            "AND level = 'danger' AND COALESCE(notified_at, start_ts) <= ? ORDER BY id", (now - every_s,)).fetchall()
+        return [_alert_dict(row) for row in rows]
+
+    # ---- silences ------------------------------------------------------------------------------------
+    def set_silence(self, sensor_id: str, until_ts: float, reason: str | None, now: float) -> dict:
+        def fn(conn):
+            conn.execute("INSERT INTO silences (sensor_id, until_ts, reason, created_at) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (sensor_id) DO UPDATE SET until_ts = excluded.until_ts, reason = excluded.reason, "
+                         "created_at = excluded.created_at", (sensor_id, until_ts, reason, now))
+
+        self.write(fn)
+        return {"sensor_id": sensor_id, "until_ts": until_ts, "reason": reason, "created_at": now}
+
+    def clear_silence(self, sensor_id: str) -> bool:
+        return self.write(lambda conn: conn.execute("DELETE FROM silences WHERE sensor_id = ?", (sensor_id,)).rowcount) > 0
+
+    def silences(self) -> list[dict]:
+        rows = self._reader().execute("SELECT sensor_id, until_ts, reason, created_at FROM silences ORDER BY sensor_id")
+        return [dict(row) for row in rows.fetchall()]
 
     def acknowledge(self, alert_id: int) -> dict | None:
         def fn(conn):
@@ -262,6 +341,10 @@ class Storage:
                + " ORDER BY r.ts DESC, r.id DESC LIMIT ?")
         rows = self._reader().execute(sql, (*args, limit)).fetchall()
         return [dict(row) for row in reversed(rows)]
+
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer thread."""
+        return self._queue.qsize()
 
     def count_readings(self) -> int:
         return self._reader().execute("SELECT COUNT(*) FROM readings").fetchone()[0]
@@ -327,10 +410,20 @@ class Storage:
             self._readers.clear()
 
 
+def _settle(future, job: _Job) -> None:
+    if future.cancelled():  # the client went away; the write stands
+        return
+    if job.error is not None:
+        future.set_exception(job.error)
+    else:
+        future.set_result(job.result)
+
+
 def _alert_dict(row) -> dict:
     alert = dict(zip(ALERT_COLUMNS, tuple(row)))
     alert["causes"] = json.loads(alert["causes"])
     alert["acknowledged"] = bool(alert["acknowledged"])
+    alert["silenced"] = bool(alert["silenced"])
     return alert
 
 
