@@ -18,11 +18,11 @@ line. ``train`` normally points at ``framework.runner:train`` (the shared
 Lightning runner); a plugin whose training has more stages wraps
 ``framework.runner.fit`` in its own function.
 
-``conf_package`` is a Python package holding the plugin's config groups
-(``data/``, ``model/``, ...). The CLI puts it on Hydra's search path only when
-that task is selected, so ``data=csv`` means this plugin's CSV loader and no
-other's. A plugin from another distribution may also ship its
-``task/<name>.yaml`` there.
+``conf_package`` is a Python package holding all of the plugin's config: its
+``task/<name>.yaml`` (mode sections included) and its groups (``data/``,
+``model/``, ``experiment/``, ``hparams_search/`` ...). The CLI puts it on Hydra's
+search path only when that task is selected, so ``data=csv`` means this
+plugin's CSV loader and no other's. The core's conf/ holds only what is shared.
 
 The runner calls these hooks, and nothing else beyond Lightning's own API:
 
