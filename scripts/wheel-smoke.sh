@@ -21,6 +21,8 @@ cp -r "$repo/tests/plugin_fixture" "$work/plugin_fixture"
 cd "$work"
 "$py" -c "import framework, sys; sys.exit(0 if '$repo' not in framework.__file__ else 'imported from the checkout')"
 "$py" -m framework list
+"$py" -m framework task=music info > /dev/null     # each plugin's conf package composes from the wheel
+"$py" -m framework task=gasleak info > /dev/null
 PYTHONPATH="$work/plugin_fixture" "$py" -m framework list | grep -q "tiny:"
 PYTHONPATH="$work/plugin_fixture" "$py" -m framework task=tiny info > /dev/null
 PYTHONPATH="$work/plugin_fixture" "$py" -m framework task=tiny train trainer.max_epochs=1 \
