@@ -23,7 +23,7 @@ cd "$work"
 "$py" -m framework list
 "$py" -m framework task=music info > /dev/null     # each plugin's conf package composes from the wheel
 "$py" -m framework task=gasleak info > /dev/null
-PYTHONPATH="$work/plugin_fixture" "$py" -m framework list | grep -q "tiny:"
+PYTHONPATH="$work/plugin_fixture" "$py" -m framework list | grep "tiny:" > /dev/null  # not -q: the CLI would write to a closed pipe
 PYTHONPATH="$work/plugin_fixture" "$py" -m framework task=tiny info > /dev/null
 PYTHONPATH="$work/plugin_fixture" "$py" -m framework task=tiny train trainer.max_epochs=1 \
     trainer.enable_progress_bar=false paths.outputs="$work/outputs" | tail -1 | grep -q '"global_step"'
