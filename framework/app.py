@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from framework import registry, runs
-from framework.cli import CONF_DIR
+from framework.config import CONF_DIR
 from framework.errors import UserError, user_error_in
 
 log = logging.getLogger("framework")
@@ -51,7 +51,6 @@ def run(cfg: DictConfig):
     return metrics
 
 
-# An absolute path: relative ones are read as a Python package when started with `python -m`.
 def _run_reporting_user_errors(cfg: DictConfig):
     try:
         return run(cfg)

@@ -209,8 +209,9 @@ def run_progress_bar(refresh_seconds: float = 10.0) -> ProgressBar:
 class HistoryPlot(Callback):
     """At the end of fitting, plot the per-epoch loss curves from the CSV log into history.png."""
 
-    def __init__(self, filename: str = "history.png") -> None:
+    def __init__(self, filename: str = "history.png", metrics: tuple[str, ...] = ()) -> None:
         self.filename = filename
+        self.metrics = tuple(metrics)  # the runner sets the task's `Plugin.plot_metrics`
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -225,13 +226,14 @@ class HistoryPlot(Callback):
             return
         out = Path(trainer.default_root_dir) / self.filename
         try:
-            plot_history(metrics_file, out)
+            plot_history(metrics_file, out, self.metrics)
             log.info("training history: %s, plot: %s", metrics_file, out)
         except Exception as e:  # a plot must never fail a finished training
             log.warning("could not plot training history: %s", e)
 
 
-def plot_history(metrics_csv: Path, out: Path) -> None:
+def plot_history(metrics_csv: Path, out: Path, metrics: tuple[str, ...] = ()) -> None:
+    """Losses in one panel; logged metrics whose names end in one of `metrics` in a second."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,7 +245,7 @@ def plot_history(metrics_csv: Path, out: Path) -> None:
         return
     per_epoch = frame.groupby("epoch").last()
     curves = [c for c in per_epoch.columns if c.endswith("loss") or c.endswith("loss_epoch")]
-    others = [c for c in per_epoch.columns if c.endswith("bpc") or c.endswith("acc")]
+    others = [c for c in per_epoch.columns if metrics and c.endswith(tuple(metrics))]
     panels = [p for p in (curves, others) if p]
     if not panels:
         return

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from framework import registry, runs
-from framework.runs import override_key
+from framework.config import compose, config_roots, default_config, default_task, with_plugin_search_path
 from framework.errors import UserError, user_error_in
+from framework.runs import override_key
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 COMMANDS = ("info", "list")
 # Hydra flags that take a value in the next argument.
 VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -45,19 +45,6 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def override_dict(overrides: list[str]) -> dict[str, str]:
     return {override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in overrides}
-
-
-def default_config() -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))
-
-
-def default_task() -> str:
-    for entry in default_config()["defaults"]:
-        if isinstance(entry, dict) and "task" in entry:
-            return entry["task"]
-    raise RuntimeError("conf/config.yaml has no default task")
 
 
 def outputs_root(overrides: dict[str, str]) -> str:
@@ -172,24 +159,19 @@ def prepare(argv: list[str]) -> list[str] | None:
         if value and value not in ("null", "last") and not (key == "ckpt_path" and mode != "train"):
             from framework import checkpoints
 
-            if key == "init_from" and Path(value).is_dir():
-                continue  # a plugin's model directory (a gas detector bundle): the plugin resolves it
+            if plugin.model_artifact == "directory" and Path(value).is_dir():
+                continue  # a model directory (the plugin's own format): the plugin resolves it
 
             checkpoints.load(value, mmap=True)  # refused here, before a run directory exists
     if child is None:
         check_types(plugin, overrides)
 
-    if plugin.conf_package:
-        overrides = add_search_path(overrides, f"pkg://{plugin.conf_package}")
-    return flags + overrides
+    return flags + with_plugin_search_path(plugin, overrides)
 
 
 def config_groups(plugin) -> set[str]:
     """The config groups (``model``, ``trainer``, ...): the folders of conf/ and of the plugin's conf package."""
-    from importlib.resources import files
-
-    roots = [CONF_DIR] + ([files(plugin.conf_package)] if plugin.conf_package else [])
-    return {p.name for root in roots for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    return {p.name for root in config_roots(plugin) for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
 
 
 def check_types(plugin, overrides: list[str]) -> None:
@@ -237,28 +219,6 @@ def _values(override) -> list | None:
         return list(override.sweep_iterator())
     except HydraException:
         return None
-
-
-def add_search_path(overrides: list[str], entry: str) -> list[str]:
-    for i, o in enumerate(overrides):
-        if override_key(o) == "hydra.searchpath":
-            items = o.split("=", 1)[1].strip()
-            inner = items[1:-1].strip() if items.startswith("[") else items
-            overrides[i] = f"hydra.searchpath=[{inner + ',' if inner else ''}{entry}]"
-            return overrides
-    return overrides + [f"hydra.searchpath=[{entry}]"]
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    task = override_dict(overrides).get("task", default_task())
-    plugin = registry.get(task)
-    if plugin.conf_package:
-        overrides = add_search_path(list(overrides), f"pkg://{plugin.conf_package}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 def run_command(command: str, overrides: list[str]) -> None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from framework import checkpoints, devices, runs
 from framework.errors import UserError
+from framework.plugin import TaskData, TaskModel
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class FitResult:
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    from framework import registry
+    from framework.callbacks import HistoryPlot
+
     callbacks = []
     for name, spec in (cfg.get("callbacks") or {}).items():
         if spec is None or "_target_" not in spec:
@@ -52,6 +56,8 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         callback = instantiate(spec)
         if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
             continue
+        if isinstance(callback, HistoryPlot) and not callback.metrics:
+            callback.metrics = registry.get(cfg.task.name).plot_metrics
         callbacks.append(callback)
     return callbacks
 
@@ -110,19 +116,26 @@ def requeued_checkpoint() -> str | None:
     return None
 
 
+def build_datamodule(data_cfg: DictConfig, checkpoint: dict | None = None, stage: str = "fit") -> pl.LightningDataModule:
+    """The configured datamodule, set up for `stage`; with a checkpoint, first adopting what that model
+    fixed (its vocabulary, its input scaling): for `init_from` and for evaluating a trained model."""
+    datamodule = instantiate(data_cfg, _convert_="all")
+    if checkpoint is not None and isinstance(datamodule, TaskData):
+        datamodule.adopt_checkpoint(checkpoint)
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    return datamodule
+
+
 def fit(cfg: DictConfig) -> FitResult:
     """Seed, build datamodule/module/trainer from config, and fit (resuming from `ckpt_path` if given)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     init = checkpoints.load(cfg.init_from) if cfg.get("init_from") else None
-    datamodule = instantiate(cfg.data, _convert_="all")
-    if init is not None and hasattr(datamodule, "adopt_checkpoint"):
-        datamodule.adopt_checkpoint(init)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
+    datamodule = build_datamodule(cfg.data, init)
+    model_kwargs = datamodule.model_kwargs() if isinstance(datamodule, TaskData) else {}
     module = instantiate(cfg.model, _convert_="all", **model_kwargs)
     if init is not None:
-        if hasattr(module, "load_init_weights"):
+        if isinstance(module, TaskModel):
             module.load_init_weights(init["state_dict"])
         else:
             module.load_state_dict(init["state_dict"], strict=True)

@@ -34,7 +34,7 @@ MISTAKES = {  # arguments, fragments of the one line
     "not a boolean": (["task=gasleak", "serve", "mqtt.enabled=maybe"], ["mqtt.enabled takes true or false"]),
     "port out of range": (["task=gasleak", "serve", "serve.port=99999"], ["serve.port=99999", "0 to 65535"]),
     "unknown experiment": (["task=music", "train", "experiment=nonexistent"],
-                           ["experiment/nonexistent", "music_smoke", "gasleak_quick"]),
+                           ["experiment/nonexistent", "music_smoke"]),
     "unknown hparams_search": (["task=gasleak", "train", "hparams_search=nope"], ["hparams_search/nope", "gasleak_optuna"]),
     "a plugin's message, unwrapped": (["task=gasleak", "train", "data=csv"], ["error: data=csv needs data.path=<file.csv>"]),
     "hostile resume checkpoint": (["task=music", "train", "ckpt_path={hostile}"], ["refused checkpoint", "posix.system"]),

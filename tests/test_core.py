@@ -335,7 +335,7 @@ def test_ddp_on_cpu_trains_the_gas_detector_and_fits_the_svms_once(run_cli, outp
 def test_every_task_composes_with_every_trainer(task, trainer):
     from hydra.utils import get_class
 
-    from framework.cli import compose
+    from framework.config import compose
 
     cfg = compose([f"task={task}", f"trainer={trainer}"])
     assert cfg.task.name == task and cfg.trainer._target_ == "lightning.pytorch.Trainer"

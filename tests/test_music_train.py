@@ -25,7 +25,7 @@ def test_forward_shapes_state_and_norms(norm, kind):
     torch.manual_seed(0)
     model = tiny(norm=norm).eval()
     assert [type(n) for n in model.norms] == [kind] * 3
-    assert all(isinstance(l, torch.nn.LSTM) and l.num_layers == 1 for l in model.lstms)
+    assert all(isinstance(lstm, torch.nn.LSTM) and lstm.num_layers == 1 for lstm in model.lstms)
     tokens = torch.randint(0, len(VOCAB), (2, 7))
     logits, state = model(tokens, torch.tensor([0, 1]))
     assert logits.shape == (2, 7, len(VOCAB))

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framework.errors import UserError
+from framework.plugin import TaskData
 from plugins.gasleak_lstm_svm.features import N_BASE, N_INPUTS, InputSpec
 from plugins.gasleak_lstm_svm.simulator import DomainRanges, LeakEvent, simulate_series
 
@@ -358,7 +359,7 @@ def _interpolate(chunk: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-class GasDataModule(L.LightningDataModule):
+class GasDataModule(TaskData, L.LightningDataModule):
     """Windows for the autoencoder (stage 1) and arrays for the SVM (stage 2) from train/val/test series.
 
     Subclasses implement ``load_series(split)``. Windows reach the model relative to their

@@ -12,4 +12,5 @@ plugin = Plugin(
         "serve": "plugins.music_lstm.studio:run",
     },
     conf_package="plugins.music_lstm.conf",
+    plot_metrics=("bpc", "acc"),
 )

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from framework.errors import UserError
+from framework.plugin import TaskData
 from plugins.music_lstm.abc import SkipTune, Tune, clean_tune, decode_bytes, label_slug, split_tunes
 from plugins.music_lstm.vocab import Vocabulary
 
@@ -274,7 +275,7 @@ class ConsecutiveWindows(Dataset):
         return self.x[i], self.y[i], self.lab[i]
 
 
-class MusicDataModule(L.LightningDataModule):
+class MusicDataModule(TaskData, L.LightningDataModule):
     """ABC tunes as (x, y, lab) int64 batches of shape (B, T); see the module docstring."""
 
     def __init__(

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from framework import UserError, checkpoints
+from framework.runner import build_datamodule
 from plugins.music_lstm import abc_check
 from plugins.music_lstm.bars import count_bars
 from plugins.music_lstm.decoding import StepModel
@@ -143,11 +143,7 @@ def data_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
 
 def load_tunes(data_cfg: DictConfig, ckpt: dict) -> dict[str, list]:
     """The data's tunes per split, from the configured data module (same split as training)."""
-    datamodule = instantiate(data_cfg, _convert_="all")
-    if hasattr(datamodule, "adopt_checkpoint"):
-        datamodule.adopt_checkpoint(ckpt)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = build_datamodule(data_cfg, ckpt)
     tunes = getattr(datamodule, "tunes", None)
     if not tunes:
         raise UserError("the data module has no tunes to evaluate on")

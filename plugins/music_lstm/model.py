@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framework.plugin import TaskModel
 from plugins.music_lstm.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def make_norm(kind: str, size: int) -> nn.Module:
     raise ValueError(f"model.norm must be layer, batch or none, got {kind!r}")
 
 
-class MusicLSTM(L.LightningModule):
+class MusicLSTM(TaskModel, L.LightningModule):
     def __init__(
         self,
         vocab: list[str],

@@ -4,10 +4,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from framework import UserError
+from framework import TaskData, TaskModel, UserError
 
 
-class TinyData(pl.LightningDataModule):
+class TinyData(TaskData, pl.LightningDataModule):
     def __init__(self, samples: int = 256, features: int = 4, batch_size: int = 16, path: str | None = None):
         super().__init__()
         self.samples, self.features, self.batch_size, self.path = samples, features, batch_size, path
@@ -39,7 +39,7 @@ class TinyData(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
-class TinyRegressor(pl.LightningModule):
+class TinyRegressor(TaskModel, pl.LightningModule):
     def __init__(self, features: int = 4, lr: float = 0.05, step_sleep: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
