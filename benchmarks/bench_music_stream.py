@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model, source = load("/nonexistent" if args.random else args.ckpt)
-    cfg = OmegaConf.load(ROOT / "conf" / "task" / "music.yaml")
+    cfg = OmegaConf.load(ROOT / "plugins" / "music_lstm" / "conf" / "task" / "music.yaml")
     cfg = OmegaConf.merge({"generate": cfg.generate, "serve": cfg.serve})
     cfg.generate.threads = args.threads
     cfg.serve.render = args.render.split(",")

@@ -30,7 +30,7 @@ def toy_checkpoint(tmp_path_factory) -> Path:
 
 
 def studio_config(**serve):
-    cfg = OmegaConf.load(REPO / "conf" / "task" / "music.yaml")
+    cfg = OmegaConf.load(REPO / "plugins" / "music_lstm" / "conf" / "task" / "music.yaml")
     cfg = OmegaConf.merge({"generate": cfg.generate, "serve": cfg.serve})
     cfg.serve.render = ["abc", "mid", "svg", "ogg"]
     for key, value in serve.items():
