@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import last_json_line
-from plugins.gasleak_lstm_svm.data import Series, Windows
+from plugins.gasleak_lstm_svm.data import Series, Windows, label_runs
 from plugins.gasleak_lstm_svm.detector import RiseDetector, SVMDetector
 from plugins.gasleak_lstm_svm.features import InputSpec
-from plugins.gasleak_lstm_svm.scoring import calibrate, replay_series, score_alerts, series_probabilities, summarise
+from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, replay_series, score_alerts, series_probabilities, summarise
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.simulator import LeakEvent, simulate_series
 
@@ -167,6 +167,53 @@ def test_calibration_meets_its_false_alert_budget():
     # a budget nothing meets: the quietest threshold, and it says so
     strict = calibrate(series, [np.maximum(p, 0.9995) for p in probs], rules, false_alerts_per_day=1.0)
     assert not strict["met_budget"] and strict["probability"] == max(GRID)
+
+
+def test_calibration_asks_for_more_windows_in_a_row_when_clean_air_bumps_score_high():
+    """Clean-air bumps of 6 s that score above every release (the edge of a plume, a wandering
+    background): no probability keeps 3 windows in a row quiet, 10 in a row does, and the fewest
+    that meets the budget while detecting every release is kept."""
+    rng = np.random.default_rng(3)
+    series, probs = [], []
+    for d in range(2):
+        n = 86400
+        label = np.zeros(n, np.int8)
+        p = rng.uniform(0.0, 0.05, n)
+        for start in range(2000, n - 2000, 14000):
+            label[start : start + 600] = 1
+            p[start : start + 600] = 0.99
+        clean = np.flatnonzero(label == 0)
+        for at in rng.choice(clean[(clean > 700) & (clean < n - 10)], 30, replace=False):
+            if label[at - 700 : at + 10].any():  # keep the bumps apart from the releases
+                continue
+            p[at : at + 6] = 0.9999
+        signal = np.column_stack([np.full(n, 2.0), np.full(n, 20.0), np.full(n, 50.0)]).astype(np.float32)
+        series.append(Series(f"val{d}", signal, label, np.arange(n, dtype=float)))
+        probs.append(p)
+    rules = AlertRules()
+    fixed = calibrate(series, probs, rules, false_alerts_per_day=1.0)  # the rules' own 3 windows only
+    assert not fixed["met_budget"]
+    op = calibrate(series, probs, rules, false_alerts_per_day=1.0, consecutive=[3, 10, 30])
+    assert op["met_budget"] and op["consecutive"] == 10
+    assert op["validation"]["detected"] == sum(len(label_runs(s.label)) for s in series)
+    assert op["validation"]["false_alerts"] == 0
+    replayed = [score_alerts(s, replay_series(replace(rules, probability=op["probability"], consecutive=10), s, pr))
+                for s, pr in zip(series, probs)]
+    assert summarise(replayed)["false_alerts"] == 0
+
+
+def test_calibration_pools_training_series_until_enough_clean_air():
+    def series_with(clean_s: int, sid: str) -> Series:
+        label = np.r_[np.zeros(clean_s, np.int8), np.ones(600, np.int8)]
+        return Series(sid, np.zeros((len(label), 3), np.float32), label, np.arange(len(label), dtype=float))
+
+    val = [series_with(3600, "v")]
+    train = [series_with(3600, f"t{i}") for i in range(5)]
+    assert calibration_series(val, train, 0.5) == val  # the validation series hold enough
+    three = calibration_series(val, train, 3.0, seed=1)
+    assert three[0] is val[0] and len(three) == 3 and len({s.series_id for s in three}) == 3
+    assert three == calibration_series(val, train, 3.0, seed=1)  # seeded
+    assert len(calibration_series(val, train, 100.0)) == 6  # all there is
 
 
 def test_evaluate_tolerance_and_release_scoring():

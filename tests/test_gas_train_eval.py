@@ -64,10 +64,12 @@ def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     for name in ("PyTorch LSTM+SVM", "Threshold", "Logistic baseline", "Rise baseline"):  # the side-by-side table
         assert name in proc.stdout
     report = json.loads((run / "evaluation.json").read_text())
-    assert report["alert_rule"] == {"consecutive": 3, "probability": None}  # null: each detector's operating point
+    assert report["alert_rule"] == {"consecutive": None, "probability": None}  # null: each detector's operating point
     for kind in ("lstm_svm", "svm", "logistic", "rise"):
-        assert metrics[f"{kind}/alert_probability"] == manifest["detectors"][kind]["operating_point"]["probability"]
-    assert metrics["threshold/alert_probability"] == 0.7
+        op = manifest["detectors"][kind]["operating_point"]
+        assert metrics[f"{kind}/alert_probability"] == op["probability"]
+        assert metrics[f"{kind}/alert_consecutive"] == op["consecutive"] in (3, 10, 30)
+    assert metrics["threshold/alert_probability"] == 0.7 and metrics["threshold/alert_consecutive"] == 3
     events = report["detectors"]["threshold"]["event_list"]
     assert events and all(e["latency_s"] is None or e["latency_s"] >= 0 for e in events)
 

@@ -61,7 +61,7 @@ def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    rows = [("alert_probability", "{:g}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}"),
+    rows = [("alert_probability", "{:g}"), ("alert_consecutive", "{}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}"),
             ("accuracy", "{:.4f}"), ("false_alarm_rate", "{:.5f}"), ("events_detected", "{}"), ("events", "{}"),
             ("detection_rate", "{:.3f}"), ("latency_median_s", "{:.1f}"), ("latency_p90_s", "{:.1f}"),
             ("false_alerts", "{}"), ("false_alerts_per_day", "{:.2f}"), ("false_alerts_per_week", "{:.2f}"),
@@ -160,8 +160,8 @@ def run(cfg: DictConfig) -> dict:
     series = dm.series("test")
     out_dir = runs.run_dir()
     print(f"evaluating {bundle} on {len(series)} test series ({sum(map(len, series)) / 3600:.1f} h), alerts replayed "
-          f"through the service's alert engine ({cfg.alerts.consecutive} windows in a row at each detector's "
-          f"operating point), tolerance {tolerance_s:g} s", flush=True)
+          f"through the service's alert engine (each detector's operating point: windows in a row at a "
+          f"probability), tolerance {tolerance_s:g} s", flush=True)
 
     results: dict[str, dict] = {}
     for kind in ecfg.detectors:
@@ -172,8 +172,9 @@ def run(cfg: DictConfig) -> dict:
             log.info("%s not in the bundle (%s); skipped", STATUS[kind], det.fallback_reason)
             continue
         rules = AlertRules.from_config(cfg.alerts, det.operating_point)
-        log.info("scoring %s (alert at p >= %g)", det.status, rules.probability)
+        log.info("scoring %s (alert after %d windows at p >= %g)", det.status, rules.consecutive, rules.probability)
         results[kind] = evaluate_detector(det, series, rules, tolerance_s, grace_s)
+        results[kind]["alert_consecutive"] = rules.consecutive
     print(format_table(results), flush=True)
 
     day = min(int(ecfg.plot_series), len(series) - 1)
@@ -187,7 +188,7 @@ def run(cfg: DictConfig) -> dict:
                                              for t in ps["false_alerts"]]
     (out_dir / "evaluation.json").write_text(json.dumps(
         {"bundle": str(bundle), "tolerance_s": tolerance_s, "grace_s": grace_s,
-         "alert_rule": {"consecutive": int(cfg.alerts.consecutive), "probability": cfg.alerts.probability},
+         "alert_rule": {"consecutive": cfg.alerts.consecutive, "probability": cfg.alerts.probability},
          "detectors": report}, indent=2))
     print(f"wrote {out_dir / 'evaluation.json'}, {out_dir / 'confusion.png'}, {out_dir / 'day.png'}", flush=True)
 

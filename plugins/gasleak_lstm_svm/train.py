@@ -23,7 +23,7 @@ from framework.errors import UserError
 from plugins.gasleak_lstm_svm.data import GasDataModule, Windows, hard_ends
 from plugins.gasleak_lstm_svm.detector import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
                                                ThresholdDetector, find_detector, save_bundle)
-from plugins.gasleak_lstm_svm.scoring import calibrate, series_probabilities
+from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, series_probabilities
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 
 log = logging.getLogger(__name__)
@@ -139,17 +139,23 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     started = time.monotonic()
     rules = AlertRules.from_config(cfg.alerts)
     budget = float(cfg.alerts.false_alarms_per_day)
-    val_series = dm.series("val")
+    ccfg = cfg.alerts.get("calibration") or {}
+    # a fixed alerts.consecutive is not calibrated
+    counts = [rules.consecutive] if cfg.alerts.get("consecutive") is not None else ccfg.get("consecutive")
+    series = calibration_series(dm.series("val"), dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
+    clean_h = sum(float((s.label == 0).sum()) for s in series) / 3600
+    log.info("calibrating on %d series (%d validation), %.1f h of clean air", len(series), len(dm.series("val")), clean_h)
     members = ([svm] if svm is not None else []) + ([detector] if detector is not svm else []) + baselines
     for det in members:
-        probs = [series_probabilities(det, v) for v in val_series]
-        det.operating_point = calibrate(val_series, probs, rules, budget, float(cfg.evaluate.tolerance_s),
-                                        float(cfg.evaluate.grace_s))
+        probs = [series_probabilities(det, v) for v in series]
+        det.operating_point = calibrate(series, probs, rules, budget, float(cfg.evaluate.tolerance_s),
+                                        float(cfg.evaluate.grace_s), consecutive=counts)
         op = det.operating_point
-        print(f"{det.status}: alert threshold p >= {op['probability']:g} "
-              f"({op['validation']['false_alerts_per_day']:.2f} false alerts a day on validation, budget {budget:g}"
-              f"{'' if op['met_budget'] else ', NOT met'})", flush=True)
+        print(f"{det.status}: alert after {op['consecutive']} windows at p >= {op['probability']:g} "
+              f"({op['validation']['false_alerts_per_day']:.2f} false alerts a day in {clean_h:.1f} h of clean air, "
+              f"budget {budget:g}{'' if op['met_budget'] else ', NOT met'})", flush=True)
         metrics[f"{det.kind}/alert_probability"] = op["probability"]
+        metrics[f"{det.kind}/alert_consecutive"] = op["consecutive"]
     metrics["calibration_seconds"] = round(time.monotonic() - started, 2)
     return detector, baselines, metrics
 

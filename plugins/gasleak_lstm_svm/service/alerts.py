@@ -3,9 +3,10 @@
 Pure logic (no I/O, no clock of its own), so the rules are tested by feeding it samples.
 
 Rules (the numbers are ``alerts.*`` in conf/task/gasleak.yaml):
-- model: a leak is confirmed after ``consecutive`` (3) windows in a row with probability >=
-  ``probability`` -- the detector's operating point, calibrated at training time to a false-alert
-  budget (or a fixed ``alerts.probability``, 0.7 in the original system). The evaluate mode replays
+- model: a leak is confirmed after ``consecutive`` windows in a row with probability >=
+  ``probability`` -- the detector's operating point, both calibrated at training time to a
+  false-alert budget (or fixed: ``alerts.probability``, 0.7, and ``alerts.consecutive``, 3, in the
+  original system). The evaluate mode replays
   recorded series through this same engine (``replay``). Level ``warning``.
 - thresholds: ``threshold_samples`` readings in a row at or above ``warning_ppm`` (500) open a
   ``warning``, at or above ``danger_ppm`` (1000) a ``danger``, whatever the model says.
@@ -65,12 +66,13 @@ class AlertRules:
 
     @classmethod
     def from_config(cls, cfg, operating_point: dict | None = None) -> "AlertRules":
-        """The rules of ``alerts.*``; ``alerts.probability: null`` takes the detector's calibrated
-        operating point (``operating_point["probability"]``), else the original 0.7."""
+        """The rules of ``alerts.*``; ``alerts.probability: null`` and ``alerts.consecutive: null``
+        take the detector's calibrated operating point, else the original 0.7 and 3 windows."""
         names = cls.__dataclass_fields__
         kwargs = {k: v for k, v in dict(cfg).items() if k in names and v is not None}
-        if cfg.get("probability") is None and operating_point and operating_point.get("probability") is not None:
-            kwargs["probability"] = float(operating_point["probability"])
+        for key, kind in (("probability", float), ("consecutive", int)):
+            if cfg.get(key) is None and operating_point and operating_point.get(key) is not None:
+                kwargs[key] = kind(operating_point[key])
         return cls(**kwargs)
 
 
