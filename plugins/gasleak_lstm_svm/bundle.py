@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from framework.errors import UserError
-from plugins.gasleak_lstm_svm.estimators import (DETECTORS, STATUS, Detector, LSTMSVMDetector, RiseDetector,
-                                                 SVMDetector, ThresholdDetector, resolve_device)
+from plugins.gasleak_lstm_svm.estimators import (DETECTORS, STATUS, Detector, LSTMSVMDetector, SVMDetector,
+                                                 ThresholdDetector, resolve_device)
 from plugins.gasleak_lstm_svm.features import InputSpec
 from plugins.gasleak_lstm_svm.service.alerts import DANGER_PPM, WARNING_PPM
 
