@@ -24,11 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plugins.gasleak_lstm_svm.data import SimulatorDataModule  # noqa: E402
-from plugins.gasleak_lstm_svm.detector import load_detector, window_statistics  # noqa: E402
+from plugins.gasleak_lstm_svm.bundle import load_detector  # noqa: E402
+from plugins.gasleak_lstm_svm.estimators import window_statistics  # noqa: E402
 
 
 def small_bundle(path: Path) -> Path:
-    from plugins.gasleak_lstm_svm.detector import LSTMSVMDetector, SVMDetector, save_bundle
+    from plugins.gasleak_lstm_svm.bundle import save_bundle
+    from plugins.gasleak_lstm_svm.estimators import LSTMSVMDetector, SVMDetector
     from plugins.gasleak_lstm_svm.model import LSTMAutoencoder
     from plugins.gasleak_lstm_svm.train import svm_training_set
 
@@ -53,7 +55,7 @@ def bare(kind: str, det):
     """The same scoring with nothing around it: inputs + module call + pipeline.predict_proba."""
     spec, pipe = det.spec, getattr(det, "pipeline_", None)
     if kind == "lstm_svm":
-        enc = det.encoder
+        enc = det.encoder_
 
         def score(x, base):
             z = spec.transform(x, base)
@@ -75,7 +77,7 @@ def bare(kind: str, det):
     else:
 
         def score(x, base):
-            return np.minimum(x[:, :, 0].max(axis=1) / 1000.0, 1.0)
+            return np.minimum(x[:, :, 0].max(axis=1) / det.danger_ppm, 1.0)
     return score
 
 
@@ -99,7 +101,7 @@ def main():
         bundle = small_bundle(Path("outputs/.bench_gasleak_bundle"))
         print(f"no trained detector found: using a small untrained-encoder bundle at {bundle}")
     dm = SimulatorDataModule(seconds_per_day=86400, train_days=0, val_days=0, test_days=1)
-    dm.spec = load_detector(bundle).spec
+    dm.use_inputs(load_detector(bundle).spec)
     ws = dm.windows("test", stride=1)
     x, base, _ = ws.arrays(np.sort(np.random.default_rng(0).choice(len(ws), min(args.windows, len(ws)), replace=False)))
     print(f"bundle {bundle}; {len(x)} windows, batches of {args.batch}, {args.single} single-window calls, "

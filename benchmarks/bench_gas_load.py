@@ -268,7 +268,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gas-load-"))
     detector = args.detector
     if detector == "threshold":
-        from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+        from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 
         detector = str(ThresholdDetector().save(work / "detector"))
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

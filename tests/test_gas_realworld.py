@@ -12,7 +12,7 @@ import pytest
 
 from conftest import last_json_line
 from plugins.gasleak_lstm_svm.data import Series, Windows, label_runs
-from plugins.gasleak_lstm_svm.detector import RiseDetector, SVMDetector
+from plugins.gasleak_lstm_svm.estimators import RiseDetector, SVMDetector
 from plugins.gasleak_lstm_svm.features import InputSpec
 from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, replay_series, score_alerts, series_probabilities, summarise
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
@@ -65,7 +65,7 @@ def _small_svm(spec: InputSpec, seed: int = 7) -> SVMDetector:
 
 
 def test_weather_inputs_off_hides_temperature_and_humidity_and_is_kept_in_the_bundle(tmp_path):
-    from plugins.gasleak_lstm_svm.detector import load_detector, save_bundle
+    from plugins.gasleak_lstm_svm.bundle import load_detector, save_bundle
 
     rec = sim_series(1200, 3, [LeakEvent(700, 701, "seep", 200)])
     ends = np.arange(700, 760)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.gasleak_lstm_svm.detector import confirm_alarms
-from plugins.gasleak_lstm_svm.service.alerts import AlertEngine, AlertRules
+from plugins.gasleak_lstm_svm.service.alerts import AlertEngine, AlertRules, replay
 
 RULES = AlertRules(consecutive=3, probability=0.7, warning_ppm=500, danger_ppm=1000, threshold_samples=2,
                    clear_samples=5, offline_after_s=15)
@@ -43,12 +42,40 @@ def test_model_alarm_needs_three_consecutive_windows_at_07():
     assert engine.state("s1") == "warning"
 
 
+def k_in_a_row(probs, k: int = 3, p: float = 0.7) -> np.ndarray:
+    """The rule written out, window by window: confirmed when windows i-k+1..i all have probability >= p."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.array([i >= k - 1 and bool((probs[i - k + 1 : i + 1] >= p).all()) for i in range(len(probs))], dtype=bool)
+
+
+def replay_confirmed(probs, k: int = 3, p: float = 0.7) -> np.ndarray:
+    """Per window, whether the engine holds a model alert open, replayed as evaluate does (clean air,
+    ``clear_samples=1``: an alert closes at the first window below p)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(probs)
+    out = np.zeros(n, dtype=bool)
+    for alert in replay(AlertRules(consecutive=k, probability=p, clear_samples=1), np.arange(n, dtype=np.float64),
+                        np.full(n, 50.0), probs):
+        out[int(alert["start_ts"]) : n if alert["end_ts"] is None else int(alert["end_ts"])] = True
+    return out
+
+
+def test_model_alarm_needs_k_in_a_row():
+    p = np.array([0.9, 0.9, 0.1, 0.8, 0.7, 0.95, 0.99, 0.2, 0.69, 0.9, 0.9])
+    assert replay_confirmed(p, k=3, p=0.7).tolist() == [False, False, False, False, False, True, True, False, False, False, False]
+    assert replay_confirmed(p, k=1, p=0.7).tolist() == (p >= 0.7).tolist()
+    assert replay_confirmed([], k=3).tolist() == []
+    assert replay_confirmed([0.9, 0.9]).tolist() == [False, False]
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_streaming_rule_matches_the_detectors_confirm_alarms(seed):
-    """The engine confirms exactly where detector.confirm_alarms (used by evaluate) does."""
+def test_streaming_rule_matches_the_replay_and_the_rule(seed):
+    """The engine, one reading at a time (the service), confirms exactly where k windows in a row are
+    at p >= 0.7, and replaying the series (evaluate) holds its alerts open on the same windows."""
     rng = np.random.default_rng(seed)
     probs = np.clip(rng.normal(0.6, 0.25, 400), 0, 1)
-    expected = np.flatnonzero(confirm_alarms(probs, k=3, p=0.7))
+    expected = np.flatnonzero(k_in_a_row(probs, k=3, p=0.7))
+    assert np.flatnonzero(replay_confirmed(probs, k=3, p=0.7)).tolist() == expected.tolist()
     rules = AlertRules(consecutive=3, probability=0.7, clear_samples=1)
     engine = AlertEngine(rules)
     confirmed = []

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from fastapi.testclient import TestClient
 
-from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
 from plugins.gasleak_lstm_svm.service.notify import Notifier

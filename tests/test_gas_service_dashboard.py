@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
 from plugins.gasleak_lstm_svm.service.pipeline import Pipeline

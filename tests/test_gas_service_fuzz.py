@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
 
-from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
 from plugins.gasleak_lstm_svm.service.pipeline import Pipeline

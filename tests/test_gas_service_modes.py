@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 from conftest import REPO, cli_env, last_json_line
 from test_gas_service_mqtt import MOSQUITTO, Broker, free_port, subscriber
 

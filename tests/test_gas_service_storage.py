@@ -6,7 +6,7 @@ import sqlite3
 import threading
 import time
 
-from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
 from plugins.gasleak_lstm_svm.service.schemas import Reading

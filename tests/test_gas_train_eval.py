@@ -132,3 +132,21 @@ def test_evaluate_without_a_detector_is_one_line(run_cli):
     proc = run_cli("task=gasleak", "evaluate", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: no trained detector; run `python -m framework task=gasleak train` first"
+
+
+@pytest.mark.slow
+def test_window_length_and_alert_levels_come_from_the_config(run_cli, outputs):
+    """data.window trains, saves and evaluates one window length (evaluate takes the bundle's, whatever
+    its own data.window says); alerts.warning_ppm/danger_ppm are the threshold rule's levels."""
+    run_cli("task=gasleak", "train", "model=threshold", *TINY, "data.window=30", "alerts.warning_ppm=300")
+    manifest = json.loads((Path(record(outputs)["detector"]) / "manifest.json").read_text())
+    assert manifest["window"] == manifest["inputs"]["window"] == 30 and manifest["threshold"]["warning_ppm"] == 300
+
+    run_cli("task=gasleak", "train", *TINY, "data.window=30")
+    manifest = json.loads((Path(record(outputs)["detector"]) / "manifest.json").read_text())
+    assert manifest["window"] == manifest["inputs"]["window"] == 30
+    metrics = last_json_line(run_cli("task=gasleak", "evaluate", *TINY, "alerts.warning_ppm=250",
+                                     "alerts.danger_ppm=700").stdout)
+    for kind in KINDS:
+        assert metrics[f"{kind}/windows"] == 7200 - 29, kind  # every 30-sample window, stride 1
+    assert (metrics["threshold/warning_ppm"], metrics["threshold/danger_ppm"]) == (250, 700)

@@ -12,5 +12,5 @@ plugin = Plugin(
         "serve": "plugins.gasleak_lstm_svm.service.modes:serve",
     },
     conf_package="plugins.gasleak_lstm_svm.conf",
-    model_artifact="directory",  # a detector bundle (manifest.json, encoder, SVM); see detector.py
+    model_artifact="directory",  # a detector bundle (manifest.json, encoder, SVM); see bundle.py
 )

@@ -1,4 +1,4 @@
-"""Sensor series -> 60-sample windows: the simulator and CSV sources, and the LightningDataModule.
+"""Sensor series -> windows (``data.window`` samples, 60 by default): the simulator and CSV sources, and the LightningDataModule.
 
 Every source yields a list of ``Series`` (one recording each: readings of shape (T, 3) in raw units,
 0/1 labels, timestamps). The datamodule concatenates them into one flat float32 array and keeps
@@ -7,7 +7,7 @@ batches with one fancy-indexing call, never as Python objects per row or per win
 
 Labelling: a window is positive when its **last** sample is during a leak. A detector therefore
 learns to answer "is there a leak now?", and a leak can be confirmed a few seconds after it starts
-rather than after the 60 s it takes to fill a window.
+rather than after the minute it takes to fill a window.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("gas_concentration", "temperature", "humidity")
 CSV_COLUMNS = ("timestamp", *CHANNELS)
-WINDOW = 60
+WINDOW = InputSpec.window  # the code default (60 s); data.window in config, saved with every detector
 
 
 @dataclass
@@ -420,13 +420,20 @@ class GasDataModule(TaskData, L.LightningDataModule):
         if stage == "test" and self.test_set is None:
             self.test_set = self.windows("test", stride=self.val_stride)
 
+    def use_inputs(self, spec: InputSpec) -> None:
+        """Windows as a trained detector sees them (its ``spec``: window length, baseline ...),
+        whatever this datamodule's own settings say (evaluate, fine-tuning)."""
+        if spec.window != self.window:
+            self._series = {}  # kept series were chosen for the old window length
+        self.spec = spec
+        self.window = spec.window
+
     def adopt_checkpoint(self, checkpoint: dict) -> None:
         """Fine-tuning: keep the inputs and standardisation the checkpoint's model was trained with."""
         hp = checkpoint.get("hyper_parameters", {})
         if "inputs" not in hp:
             raise UserError("init_from: not a gas-leak autoencoder checkpoint (no input settings)")
-        self.spec = InputSpec.from_dict(hp["inputs"])
-        self.window = self.spec.window
+        self.use_inputs(InputSpec.from_dict(hp["inputs"]))
         self._adopted = {k: hp[k] for k in ("channel_mean", "channel_std", "inputs")}
 
     def model_kwargs(self) -> dict:

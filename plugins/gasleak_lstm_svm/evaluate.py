@@ -27,10 +27,11 @@ from omegaconf import DictConfig
 
 from framework import runs
 from plugins.gasleak_lstm_svm.data import GasDataModule, Series, Windows
-from plugins.gasleak_lstm_svm.detector import DETECTORS, STATUS, find_detector, load_detector
+from plugins.gasleak_lstm_svm.bundle import find_detector, load_detector
+from plugins.gasleak_lstm_svm.estimators import DETECTORS, STATUS, ThresholdDetector
 from plugins.gasleak_lstm_svm.scoring import (events_of, replay_series, score_alerts, scored_windows, series_probabilities,
                                               summarise, window_metrics)
-from plugins.gasleak_lstm_svm.service.alerts import AlertRules
+from plugins.gasleak_lstm_svm.service.alerts import AlertRules, rules_from_config
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,11 @@ def run(cfg: DictConfig) -> dict:
     bundle = find_detector(cfg)
     ecfg = cfg.evaluate
     tolerance_s, grace_s = float(ecfg.tolerance_s), float(ecfg.grace_s)
-    primary = load_detector(bundle)
+    levels = rules_from_config(cfg.alerts)  # the configured ppm levels, for the alert engine and the threshold rule alike
+    levels = {"warning_ppm": levels.warning_ppm, "danger_ppm": levels.danger_ppm}
+    primary = load_detector(bundle, **levels)
     dm: GasDataModule = instantiate(cfg.data, _convert_="all")
-    dm.spec = primary.spec  # the bundle's inputs, whatever this config says
-    dm.window = primary.spec.window
+    dm.use_inputs(primary.spec)  # the bundle's inputs (data.window ...), whatever this config says
     dm.prepare_data()
     series = dm.series("test")
     out_dir = runs.run_dir()
@@ -167,7 +169,7 @@ def run(cfg: DictConfig) -> dict:
     for kind in ecfg.detectors:
         if kind not in DETECTORS:
             continue
-        det = load_detector(bundle, kind=kind)
+        det = load_detector(bundle, kind=kind, **levels)
         if det.kind != kind:
             log.info("%s not in the bundle (%s); skipped", STATUS[kind], det.fallback_reason)
             continue
@@ -175,6 +177,8 @@ def run(cfg: DictConfig) -> dict:
         log.info("scoring %s (alert after %d windows at p >= %g)", det.status, rules.consecutive, rules.probability)
         results[kind] = evaluate_detector(det, series, rules, tolerance_s, grace_s)
         results[kind]["alert_consecutive"] = rules.consecutive
+        if isinstance(det, ThresholdDetector):
+            results[kind] |= {"warning_ppm": det.warning_ppm, "danger_ppm": det.danger_ppm}
     print(format_table(results), flush=True)
 
     day = min(int(ecfg.plot_series), len(series) - 1)

@@ -26,6 +26,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from plugins.gasleak_lstm_svm.features import InputSpec
+
 
 class LSTMAutoencoder(L.LightningModule):
     def __init__(
@@ -52,7 +54,7 @@ class LSTMAutoencoder(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        window = int((inputs or {}).get("window", 60))
+        window = InputSpec.from_dict(inputs).window
         self.register_buffer("mean", torch.tensor(channel_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(channel_std, dtype=torch.float32), persistent=False)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)

@@ -21,10 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from framework import checkpoints, runner, runs
 from framework.errors import UserError
 from plugins.gasleak_lstm_svm.data import GasDataModule, Windows, hard_ends
-from plugins.gasleak_lstm_svm.detector import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
-                                               ThresholdDetector, find_detector, save_bundle)
+from plugins.gasleak_lstm_svm.bundle import find_detector, save_bundle
+from plugins.gasleak_lstm_svm.estimators import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
+                                                 ThresholdDetector)
 from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, series_probabilities
-from plugins.gasleak_lstm_svm.service.alerts import AlertRules
+from plugins.gasleak_lstm_svm.service.alerts import rules_from_config
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
         return x, base, y
 
     def svm_kwargs(c) -> dict:
-        return dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv, spec=dm.spec)
+        return dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv)
 
     xv, bv, yv = dm.windows("val", stride=s.val_stride).arrays()
     metrics: dict = {}
@@ -121,13 +122,13 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     svm = None
     if kind == "svm" or dcfg.fallback_svm:
         x, base, y = pure_sample
-        svm = SVMDetector(**svm_kwargs(pure)).fit(x, y, base)
+        svm = SVMDetector(**svm_kwargs(pure), spec=dm.spec).fit(x, y, base)
         report("svm", svm, y)
     detector = svm
     if kind == "lstm_svm":
         x, base, y = draw(s)
-        detector = LSTMSVMDetector(encoder, fallback=svm, **svm_kwargs(s)).fit(x, y, base)
-        detector.encoder_checkpoint = best
+        # its inputs are the encoder's: dm.spec, or the checkpoint's when fine-tuning (adopt_checkpoint)
+        detector = LSTMSVMDetector(encoder, fallback=svm, encoder_checkpoint=best, **svm_kwargs(s)).fit(x, y, base)
         report("lstm_svm", detector, y)
     baselines = []
     if want_baselines:
@@ -137,7 +138,7 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
 
     # operating points: each detector's alert threshold, chosen on the validation series
     started = time.monotonic()
-    rules = AlertRules.from_config(cfg.alerts)
+    rules = rules_from_config(cfg.alerts)
     budget = float(cfg.alerts.false_alarms_per_day)
     ccfg = cfg.alerts.get("calibration") or {}
     # a fixed alerts.consecutive is not calibrated
@@ -168,11 +169,13 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"detector.kind must be lstm_svm, svm or threshold, got {kind!r}")
     bundle_dir = runs.run_dir() / "detector"
     metrics: dict = {}
-    threshold = ThresholdDetector(dcfg.threshold.warning_ppm, dcfg.threshold.danger_ppm)
+    rules = rules_from_config(cfg.alerts)  # the ppm levels of alerts.*, also the threshold detector's
     best = encoder = None
 
     if kind == "threshold":
         runs.record_started(cfg)
+        dm = instantiate(cfg.data, _convert_="all")  # only its input settings (data.window ...): nothing is loaded
+        threshold = ThresholdDetector(rules.warning_ppm, rules.danger_ppm, spec=dm.spec).fit()
         save_bundle(bundle_dir, threshold)
         runs.record_train(cfg, checkpoint=None, detector=str(bundle_dir))
         print(f"threshold rule saved to {bundle_dir} (nothing to train)", flush=True)
@@ -197,7 +200,7 @@ def run(cfg: DictConfig) -> dict:
 
     detector, baselines, stage2 = fit_stage2(cfg, dm, kind, encoder, best)
     metrics |= stage2
-    threshold.spec = dm.spec
+    threshold = ThresholdDetector(rules.warning_ppm, rules.danger_ppm, spec=dm.spec).fit()
     save_bundle(bundle_dir, detector, threshold, baselines=tuple(baselines), train_metrics=metrics,
                 config={"data": str(cfg.data._target_)})
     runs.record_train(cfg, checkpoint=best, detector=str(bundle_dir))

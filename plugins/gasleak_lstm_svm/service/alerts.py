@@ -9,7 +9,9 @@ Rules (the numbers are ``alerts.*`` in conf/task/gasleak.yaml):
   original system). The evaluate mode replays
   recorded series through this same engine (``replay``). Level ``warning``.
 - thresholds: ``threshold_samples`` readings in a row at or above ``warning_ppm`` (500) open a
-  ``warning``, at or above ``danger_ppm`` (1000) a ``danger``, whatever the model says.
+  ``warning``, at or above ``danger_ppm`` (1000) a ``danger``, whatever the model says. The same
+  two levels (``alerts.warning_ppm``, ``alerts.danger_ppm``: the one place they are configured)
+  are the threshold detector's (``estimators.ThresholdDetector``).
 - one sensor has at most one open leak alert; it escalates (warning -> danger) rather than
   opening another, and records its peak ppm and peak probability.
 - it closes when readings are back to normal: ``clear_samples`` readings in a row below
@@ -29,14 +31,17 @@ LEVELS = ("info", "warning", "danger")
 RANK = {level: i for i, level in enumerate(LEVELS)}
 # Events worth telling people about; "updated" (a new peak) is only stored.
 NOTIFY = ("opened", "escalated", "closed")
+# The code defaults of the ppm levels (the original's, for natural gas); configured in alerts.*.
+WARNING_PPM = 500.0
+DANGER_PPM = 1000.0
 
 
 @dataclass(frozen=True)
 class AlertRules:
     consecutive: int = 3
     probability: float = 0.7
-    warning_ppm: float = 500.0
-    danger_ppm: float = 1000.0
+    warning_ppm: float = WARNING_PPM
+    danger_ppm: float = DANGER_PPM
     threshold_samples: int = 2
     clear_samples: int = 10
     offline_after_s: float = 15.0
@@ -74,6 +79,16 @@ class AlertRules:
             if cfg.get(key) is None and operating_point and operating_point.get(key) is not None:
                 kwargs[key] = kind(operating_point[key])
         return cls(**kwargs)
+
+
+def rules_from_config(cfg, operating_point: dict | None = None) -> AlertRules:
+    """``AlertRules.from_config`` for the modes: a bad ``alerts.*`` value is one line (``UserError``)."""
+    from framework.errors import UserError
+
+    try:
+        return AlertRules.from_config(cfg, operating_point)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 @dataclass

@@ -43,24 +43,40 @@ def serve(cfg: DictConfig) -> dict:
 
 # ---- the detector --------------------------------------------------------------------------------
 def _detector(cfg: DictConfig, train_if_missing: bool):
-    from plugins.gasleak_lstm_svm.detector import find_detector, load_detector
+    from plugins.gasleak_lstm_svm.bundle import find_detector, load_detector
+    from plugins.gasleak_lstm_svm.service.alerts import rules_from_config
 
     if train_if_missing and not cfg.get("ckpt_path") and runs.latest_train(cfg.task.name, cfg.paths.outputs) is None:
-        overrides = list(cfg.demo.quick_train)
+        name = str(cfg.demo.quick_experiment)
         print(f"no trained detector under {cfg.paths.outputs}/{cfg.task.name}: training a quick one first "
-              f"(under a minute on CPU; overrides: {' '.join(overrides)})", flush=True)
+              f"(under a minute on CPU; experiment={name})", flush=True)
         from plugins.gasleak_lstm_svm import train
 
-        quick = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        quick = OmegaConf.merge(cfg, quick_experiment(name))
         t0 = time.perf_counter()
         train.run(quick)
         print(f"quick detector trained in {time.perf_counter() - t0:.0f} s; "
               f"`python -m framework task=gasleak train` trains the full one", flush=True)
     bundle = find_detector(cfg)
-    detector = load_detector(bundle)
+    rules = rules_from_config(cfg.alerts)  # the threshold rule takes the configured ppm levels, as the alert engine does
+    detector = load_detector(bundle, warning_ppm=rules.warning_ppm, danger_ppm=rules.danger_ppm)
     if getattr(detector, "fallback_reason", None):
         log.warning("detector: %s", detector.fallback_reason)
     return detector, str(bundle)
+
+
+def quick_experiment(name: str) -> DictConfig:
+    """The overrides of ``experiment=<name>`` (this plugin's conf/experiment/<name>.yaml), to merge
+    onto a composed config: the demo's quick detector is the command line's."""
+    from importlib.resources import files
+
+    path = files("plugins.gasleak_lstm_svm.conf") / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"demo.quick_experiment={name}: no such experiment (plugins/gasleak_lstm_svm/conf/experiment/)")
+    overrides = OmegaConf.create(path.read_text())
+    if "defaults" in overrides:
+        raise UserError(f"demo.quick_experiment={name}: an experiment with a defaults list cannot be merged by the demo")
+    return overrides
 
 
 # ---- the service ---------------------------------------------------------------------------------
@@ -77,7 +93,7 @@ def _token(cfg: DictConfig) -> str | None:
 
 
 def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> dict:
-    from plugins.gasleak_lstm_svm.service.alerts import AlertRules
+    from plugins.gasleak_lstm_svm.service.alerts import rules_from_config
     from plugins.gasleak_lstm_svm.service.app import ServiceSettings, create_app
     from plugins.gasleak_lstm_svm.service.mqtt import MqttBridge
     from plugins.gasleak_lstm_svm.service.notify import Notifier
@@ -88,10 +104,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
 
     sc, mc = cfg.serve, cfg.mqtt
     token = _token(cfg)
-    try:
-        rules = AlertRules.from_config(cfg.alerts, detector.operating_point)  # the bundle's calibrated threshold
-    except ValueError as exc:
-        raise UserError(str(exc))
+    rules = rules_from_config(cfg.alerts, detector.operating_point)  # the bundle's calibrated threshold
     wh = cfg.alerts.webhook
     if wh.url and not str(wh.url).startswith(("http://", "https://")):
         raise UserError(f"alerts.webhook.url must be an http:// or https:// URL, not {wh.url!r}")

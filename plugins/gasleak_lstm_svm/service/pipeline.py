@@ -279,7 +279,7 @@ class Pipeline:
         try:
             return np.asarray(self.detector.predict_proba(windows, bases))[:, 1]
         except Exception as exc:
-            from plugins.gasleak_lstm_svm.detector import ThresholdDetector
+            from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 
             self.model_fallback_reason = f"{self.detector.status} failed at run time ({type(exc).__name__}: {exc}); using the threshold rule"
             log.error("detector: %s", self.model_fallback_reason)
