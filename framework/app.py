@@ -56,9 +56,11 @@ def run(cfg: DictConfig):
 def torch_threads(setting, mode: str) -> int | None:
     """The torch CPU threads for ``mode``: ``torch_threads`` is one number for every mode or a mapping
     mode -> number (a task file's default); null, or a mode the mapping leaves out: torch's default."""
-    if isinstance(setting, Mapping):
-        setting = setting.get(mode)
-    return int(setting) if setting else None
+    chosen = setting.get(mode) if isinstance(setting, Mapping) else setting
+    try:
+        return int(chosen) if chosen else None
+    except (TypeError, ValueError):
+        raise UserError(f"torch_threads={setting}: give a number, or a mapping mode -> number") from None
 
 
 def _run_reporting_user_errors(cfg: DictConfig):

@@ -28,6 +28,8 @@ Add them to the distribution's dependencies too (pyproject.toml groups them by p
 ``model/``, ``experiment/``, ``hparams_search/`` ...). The CLI puts it on Hydra's
 search path only when that task is selected, so ``data=csv`` means this
 plugin's CSV loader and no other's. The core's conf/ holds only what is shared.
+The task file may give its modes' torch CPU threads (``torch_threads: {train: null, generate: 1}``);
+the core sets them before the mode runs, so a mode does not set them itself.
 
 The runner calls these hooks, and nothing else beyond Lightning's own API:
 

@@ -196,11 +196,14 @@ def test_torch_threads_setting_reads_a_number_or_a_mapping():
     from omegaconf import OmegaConf
 
     from framework.app import torch_threads
+    from framework.errors import UserError
 
     per_mode = OmegaConf.create({"train": None, "generate": 1})
     assert torch_threads(per_mode, "generate") == 1
     assert torch_threads(per_mode, "train") is None and torch_threads(per_mode, "serve") is None
     assert torch_threads(3, "serve") == 3 and torch_threads(None, "serve") is None
+    with pytest.raises(UserError, match="torch_threads=abc"):
+        torch_threads("abc", "serve")
 
 
 def test_bare_word_means_mode(tiny, outputs):

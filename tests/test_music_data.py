@@ -167,7 +167,7 @@ def music21_corpus():
 
     conf = data_module.__file__.replace("data.py", "conf/data/music21.yaml")
     cfg = OmegaConf.to_container(OmegaConf.load(conf))
-    return read_corpus(cfg)
+    return read_corpus(cfg | {"source": "music21"})  # the source its _target_ (Music21Data) reads
 
 
 def test_music21_corpus_labels_and_round_trip(music21_corpus):
