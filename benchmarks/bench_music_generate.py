@@ -198,7 +198,7 @@ def main() -> None:
 def generate_mode(model, step_model: StepModel, n: int, chars: int, repeat: int) -> None:
     """The generate mode's setting: tunes stop at their end token; plain vs bar-aware decoding."""
     from plugins.music_lstm.bars import BarGuard
-    from plugins.music_lstm.generate import summarise, write_tunes
+    from plugins.music_lstm.generate import GenerationSettings, summarise, write_tunes
 
     labels = [model.vocabulary.labels[i % len(model.vocabulary.labels)] for i in range(n)]
     print(f"\ngenerate mode: {n} tunes (labels in turn), up to {chars} chars, top_p 0.95, median of {repeat} seeds")
@@ -207,7 +207,8 @@ def generate_mode(model, step_model: StepModel, n: int, chars: int, repeat: int)
         times, found = [], []
         for seed in range(repeat):
             guard = BarGuard(model.vocabulary.tokens) if name == "bar-aware" else None
-            kept, _, out = write_tunes(model, labels, "", chars, Sampling(1.0, 0, 0.95), seed, step_model=step_model, guard=guard)
+            settings = GenerationSettings(num_tunes=n, length=chars, sampling=Sampling(1.0, 0, 0.95))
+            kept, _, out = write_tunes(model, labels, settings, seed, step_model=step_model, guard=guard)
             times.append(out.seconds)
             found.append((out.num_chars, summarise(kept), guard.stats() if guard else None))
         order = sorted(range(repeat), key=times.__getitem__)

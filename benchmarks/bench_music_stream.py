@@ -71,7 +71,6 @@ def main() -> None:
     model, source = load("/nonexistent" if args.random else args.ckpt)
     cfg = OmegaConf.load(ROOT / "plugins" / "music_lstm" / "conf" / "task" / "music.yaml")
     cfg = OmegaConf.merge({"generate": cfg.generate, "serve": cfg.serve})
-    cfg.generate.threads = args.threads
     cfg.serve.render = args.render.split(",")
     out = Path("/tmp/bench_music_stream")
     studio = Studio(cfg, model, Path(source), out)

@@ -140,7 +140,7 @@ def main() -> None:
 
     import lightning as L
 
-    from plugins.music_lstm.data import MusicDataModule
+    from plugins.music_lstm.data import Music21Data
     from plugins.music_lstm.model import MusicLSTM
 
     torch.manual_seed(0)
@@ -152,7 +152,7 @@ def main() -> None:
     data_cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "plugins/music_lstm/conf/data/music21.yaml"))
     data_cfg.update(cache_dir=args.cache, seq_len=args.seq_len, batch_size=args.batch_size)
     data_cfg.pop("_target_")
-    datamodule = MusicDataModule(**data_cfg)
+    datamodule = Music21Data(**data_cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     kw = datamodule.model_kwargs() | PRESETS[args.model]

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 import hydra
 from omegaconf import DictConfig
@@ -23,10 +24,11 @@ def run(cfg: DictConfig):
     from framework import devices
 
     plugin = registry.check_mode(cfg.task.name, cfg.mode)
-    if cfg.get("torch_threads"):
+    threads = torch_threads(cfg.get("torch_threads"), cfg.mode)
+    if threads:
         import torch
 
-        torch.set_num_threads(int(cfg.torch_threads))
+        torch.set_num_threads(threads)
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         for line in devices.report(dict(cfg.trainer)):
@@ -49,6 +51,16 @@ def run(cfg: DictConfig):
                             f"{', '.join(sorted(metrics))}")
         return metrics[cfg.optimized_metric]
     return metrics
+
+
+def torch_threads(setting, mode: str) -> int | None:
+    """The torch CPU threads for ``mode``: ``torch_threads`` is one number for every mode or a mapping
+    mode -> number (a task file's default); null, or a mode the mapping leaves out: torch's default."""
+    chosen = setting.get(mode) if isinstance(setting, Mapping) else setting
+    try:
+        return int(chosen) if chosen else None
+    except (TypeError, ValueError):
+        raise UserError(f"torch_threads={setting}: give a number, or a mapping mode -> number") from None
 
 
 def _run_reporting_user_errors(cfg: DictConfig):

@@ -67,19 +67,17 @@ def plan_resume(task: str, overrides: list[str]) -> list[str]:
         if not started:
             raise UserError(f"ckpt_path=last: no {task} train run under {outputs_root(given)}/{task} to resume")
         run_dir = Path(started["run_dir"])
-        ckpt_file = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_file = runs.last_checkpoint(run_dir)
         if not ckpt_file.exists():
-            raise UserError(f"ckpt_path=last: {run_dir} has no checkpoints/last.ckpt yet; nothing to resume")
+            raise UserError(f"ckpt_path=last: {run_dir} has no {ckpt_file.relative_to(run_dir)} yet; nothing to resume")
     else:
         ckpt_file = checkpoints.check_path(ckpt).resolve()
-        run_dir = ckpt_file.parent.parent
-        if not (ckpt_file.parent.name == "checkpoints" and (run_dir / ".hydra" / "overrides.yaml").exists()):
+        run_dir = runs.run_dir_of(ckpt_file)
+        if run_dir is None or ckpt_file.parent != run_dir / runs.CHECKPOINTS or runs.saved_overrides(run_dir) is None:
             # a checkpoint from elsewhere: Lightning resumes from it in a new run directory
             return [o for o in overrides if override_key(o) != "ckpt_path"] + [f"ckpt_path={ckpt_file}"]
 
-    from omegaconf import OmegaConf
-
-    saved = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    saved = runs.saved_overrides(run_dir) or []
     saved_dict = override_dict(saved)
     if saved_dict.get("task", task) != task:
         raise UserError(f"{ckpt_file} belongs to task {saved_dict['task']!r}, not {task!r}")
@@ -239,6 +237,8 @@ def task_lines() -> list[str]:
     for name, plugin in registry.plugins().items():
         lines.append(f"  {name}: {plugin.description}")
         lines.append(f"    modes: {', '.join(plugin.modes)}")
+        if plugin.requires:
+            lines.append(f"    needs: {', '.join(plugin.requires)}")
     return lines
 
 

@@ -18,11 +18,18 @@ line. ``train`` normally points at ``framework.runner:train`` (the shared
 Lightning runner); a plugin whose training has more stages wraps
 ``framework.runner.fit`` in its own function.
 
+``requires`` lists the distributions the plugin needs beyond the framework's own, as pip
+requirement strings (``"music21>=9.1"``). ``python -m framework list`` shows them, and a mode of
+the task refuses to start, with one line naming what to install, while one is missing or too old.
+Add them to the distribution's dependencies too (pyproject.toml groups them by plugin).
+
 ``conf_package`` is a Python package holding all of the plugin's config: its
 ``task/<name>.yaml`` (mode sections included) and its groups (``data/``,
 ``model/``, ``experiment/``, ``hparams_search/`` ...). The CLI puts it on Hydra's
 search path only when that task is selected, so ``data=csv`` means this
 plugin's CSV loader and no other's. The core's conf/ holds only what is shared.
+The task file may give its modes' torch CPU threads (``torch_threads: {train: null, generate: 1}``);
+the core sets them before the mode runs, so a mode does not set them itself.
 
 The runner calls these hooks, and nothing else beyond Lightning's own API:
 
@@ -53,6 +60,8 @@ class Plugin:
     model_artifact: Literal["checkpoint", "directory"] = "checkpoint"
     # Logged metrics plotted next to the losses in history.png: names ending in one of these.
     plot_metrics: tuple[str, ...] = ()
+    # Distributions the plugin needs beyond the framework's own, as pip requirements: "music21>=9.1".
+    requires: tuple[str, ...] = ()
 
     def mode_function(self, mode: str) -> Callable:
         module_name, _, attr = self.modes[mode].partition(":")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 from framework.errors import UserError
 from framework.plugin import Plugin
@@ -30,7 +31,32 @@ def get(task: str) -> Plugin:
 
 
 def check_mode(task: str, mode: str) -> Plugin:
+    """The task's plugin, when it has this mode and what it requires is installed."""
     plugin = get(task)
     if mode not in plugin.modes:
         raise UserError(f"task {task!r} has no mode {mode!r}; modes: {', '.join(plugin.modes)}")
+    missing = missing_requirements(plugin)
+    if missing:
+        wanted = " ".join(shlex.quote(spec) for spec, _ in missing)
+        needs = ", ".join(spec + (f" (found {found})" if found else "") for spec, found in missing)
+        raise UserError(f"task {task} needs {needs} (pip install {wanted})")
     return plugin
+
+
+def missing_requirements(plugin: Plugin) -> list[tuple[str, str | None]]:
+    """(requirement, installed version or None) for each of ``plugin.requires`` that is not met."""
+    from packaging.requirements import Requirement
+
+    missing = []
+    for spec in plugin.requires:
+        requirement = Requirement(spec)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue  # not for this platform
+        try:
+            found = version(requirement.name)
+        except PackageNotFoundError:
+            missing.append((spec, None))
+            continue
+        if not requirement.specifier.contains(found, prereleases=True):
+            missing.append((spec, found))
+    return missing

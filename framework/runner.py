@@ -109,7 +109,7 @@ def _announce_ddp_job(cfg: DictConfig) -> None:
 
 def requeued_checkpoint() -> str | None:
     """A SLURM job requeued after its time limit (submitit does this) resumes from its own last.ckpt."""
-    last = runs.run_dir() / "checkpoints" / "last.ckpt"
+    last = runs.last_checkpoint(runs.run_dir())
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and last.exists():
         log.info("requeued SLURM job: resuming from %s", last)
         return str(last)

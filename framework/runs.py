@@ -1,5 +1,9 @@
 """Run directories, metrics.json, and the small per-task record of the latest train runs.
 
+A run directory's layout is known here and nowhere else: Hydra's saved config in ``.hydra/``
+(``config.yaml``, ``overrides.yaml``), Lightning's checkpoints in ``checkpoints/``, ``metrics.json``,
+and whatever a plugin's mode writes next to them (the gas detector's ``detector/`` bundle).
+
 The record (``<outputs>/<task>/runs.json``) is what makes "the latest trained model" exact rather
 than a guess by modification time: a train run writes ``latest_started`` when it begins and
 ``latest_train`` only when it has finished successfully.
@@ -24,12 +28,44 @@ RECORD = "runs.json"
 # saves every override in the run's .hydra/ files; the job rewrites those entries to REDACTED.
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api_?key)$", re.IGNORECASE)
 REDACTED = "<redacted>"
+SAVED = ".hydra"  # Hydra's output_subdir (its default): the job's config as composed, and its overrides
+CHECKPOINTS = "checkpoints"  # ModelCheckpoint's dirpath in conf/callbacks/default.yaml
 
 
 def run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def last_checkpoint(directory: str | os.PathLike) -> Path:
+    """Where a train run keeps its latest checkpoint (which may not exist yet)."""
+    return Path(directory) / CHECKPOINTS / "last.ckpt"
+
+
+def run_dir_of(path: str | os.PathLike, holding: str = SAVED) -> Path | None:
+    """The run directory ``path`` is or lies in: ``path`` itself, its folder or the folder above
+    (a checkpoint in ``<run>/checkpoints/``, a bundle ``<run>/detector/`` or a file in one), whichever
+    first holds ``holding``: Hydra's saved config by default, or a plugin's artifact folder (the gas
+    plugin's ``detector``). None when none does (a checkpoint copied out of its run)."""
+    path = Path(path).resolve()
+    return next((p for p in [path, *path.parents][:3] if (p / holding).exists()), None)
+
+
+def saved_config(directory: str | os.PathLike):
+    """The config a run composed (``.hydra/config.yaml``), or None when it saved none."""
+    from omegaconf import OmegaConf
+
+    path = Path(directory) / SAVED / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def saved_overrides(directory: str | os.PathLike) -> list[str] | None:
+    """The command-line overrides a run was started with (``.hydra/overrides.yaml``), or None."""
+    from omegaconf import OmegaConf
+
+    path = Path(directory) / SAVED / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else None
 
 
 def _record_path(outputs: str | os.PathLike, task: str) -> Path:

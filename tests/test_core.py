@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,33 @@ def test_torch_threads_applies_to_any_mode(tiny, outputs):
     for threads in (1, 2):
         proc = tiny("task=tiny", "predict", f"torch_threads={threads}")
         assert f"torch uses {threads} threads" in proc.stdout + proc.stderr
+
+
+def test_torch_threads_per_mode(tiny, outputs):
+    def threads(proc) -> int:
+        return int(re.search(r"torch uses (\d+) threads", proc.stdout + proc.stderr).group(1))
+
+    tiny("task=tiny", "train", "trainer.max_epochs=1")
+    default = threads(tiny("task=tiny", "predict"))
+    mine = 2 if default == 1 else 1
+    assert threads(tiny("task=tiny", "predict", f"torch_threads={{train:{default},predict:{mine}}}")) == mine
+    # a mode the mapping leaves out, or sets to null, keeps torch's default
+    assert threads(tiny("task=tiny", "predict", f"torch_threads={{train:{mine}}}")) == default
+    assert threads(tiny("task=tiny", "predict", f"torch_threads={{train:{mine},predict:null}}")) == default
+
+
+def test_torch_threads_setting_reads_a_number_or_a_mapping():
+    from omegaconf import OmegaConf
+
+    from framework.app import torch_threads
+    from framework.errors import UserError
+
+    per_mode = OmegaConf.create({"train": None, "generate": 1})
+    assert torch_threads(per_mode, "generate") == 1
+    assert torch_threads(per_mode, "train") is None and torch_threads(per_mode, "serve") is None
+    assert torch_threads(3, "serve") == 3 and torch_threads(None, "serve") is None
+    with pytest.raises(UserError, match="torch_threads=abc"):
+        torch_threads("abc", "serve")
 
 
 def test_bare_word_means_mode(tiny, outputs):

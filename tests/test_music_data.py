@@ -120,6 +120,19 @@ def test_cleaning_options():
     assert "\u00a7" in clean_tune(bad, ascii_only=False)
 
 
+def test_field_lines_are_read_one_way_for_cleaning_and_checking():
+    from plugins.music_lstm import abc_check
+    from plugins.music_lstm.abc import field_line
+
+    assert field_line("K:G").groups() == ("K", "G") and field_line("+:Allegro").groups() == ("+", "Allegro")
+    for music in ("A:|", "B::", "|:GAB", "ab:c"):  # a note before a repeat sign, a barline, text
+        assert field_line(music) is None, music
+    # the header check reads "+:" (a continued field) as the cleaner does: part of the header, not music
+    header, body = abc_check.split_header("M:6/8\nQ:1/4=120\n+:Allegro\nK:G\n|:GAB cBA:|\nA:|B")
+    assert header == [("M", "6/8"), ("Q", "1/4=120"), ("+", "Allegro"), ("K", "G")] and body == "|:GAB cBA:|\nA:|B"
+    assert clean_tune("X:1\nM:6/8\n+:Allegro\nK:G\n|:GAB cBA|GAB cBA:|\n") == "M:6/8\nK:G\n|:GAB cBA|GAB cBA:|"
+
+
 def test_latin1_files_decode():
     assert decode_bytes("K:G\nBl\u00fcmelein".encode("latin-1")).endswith("Bl\u00fcmelein")
     assert decode_bytes("caf\u00e9".encode("utf-8")) == "caf\u00e9"
@@ -154,7 +167,7 @@ def music21_corpus():
 
     conf = data_module.__file__.replace("data.py", "conf/data/music21.yaml")
     cfg = OmegaConf.to_container(OmegaConf.load(conf))
-    return read_corpus(cfg)
+    return read_corpus(cfg | {"source": "music21"})  # the source its _target_ (Music21Data) reads
 
 
 def test_music21_corpus_labels_and_round_trip(music21_corpus):
@@ -207,6 +220,25 @@ def test_abc_dir_loader_labels_from_folders(tmp_path):
     assert summary["tunes_skipped"] == {"missing K:": 1}
     assert summary["tunes_per_label"] == {"airs": 4, "reels": 6, "unlabelled": 1}
     assert tunes[0].text.startswith("M:4/4\nL:1/8\nK:")
+
+
+def test_each_source_is_its_own_class_and_keeps_the_cache(tmp_path):
+    from hydra.utils import instantiate
+
+    from framework.config import compose
+    from plugins.music_lstm.data import AbcDirData, HoyoMusicData, Music21Data
+
+    make_abc_dir(tmp_path / "abc")
+    chosen = {"music21": Music21Data, "hoyomusic": HoyoMusicData, "abc_dir": AbcDirData}
+    for name, cls in chosen.items():
+        cfg = compose(["task=music", f"data={name}", f"data.path={tmp_path / 'abc'}", f"paths.cache={tmp_path / 'cache'}"])
+        module = instantiate(cfg.data, _convert_="all")
+        assert type(module) is cls and module.cfg["source"] == name
+    # a train run saved before these classes (MusicDataModule with source:) reads the same tunes from
+    # the same cache
+    new = AbcDirData(path=str(tmp_path / "abc"), cache_dir=str(tmp_path / "cache"))
+    old = MusicDataModule(source="abc_dir", path=str(tmp_path / "abc"), cache_dir=str(tmp_path / "cache"))
+    assert new.cache_key() == old.cache_key()
 
 
 def test_missing_path_is_a_user_error(tmp_path):

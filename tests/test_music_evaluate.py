@@ -51,7 +51,7 @@ def test_style_classifier_learns_styles_and_ignores_the_title():
 def test_evaluate_end_to_end_on_a_tiny_model(run_cli, tiny_checkpoint):
     shared_outputs, checkpoint = tiny_checkpoint
     proc = run_cli(
-        "task=music", "evaluate", "evaluate.num_tunes=2", "evaluate.length=100", "evaluate.reference_tunes=8",
+        "task=music", "evaluate", "evaluate.num_tunes=2", "generate.length=100", "evaluate.reference_tunes=8",
         "evaluate.classifier.max_features=5000", env={"FRAMEWORK_OUTPUTS": str(shared_outputs)}, timeout=400,
     )
     metrics = last_json_line(proc.stdout)
@@ -92,7 +92,7 @@ def test_evaluate_on_a_folder_of_tunes(run_cli, tiny_checkpoint, tmp_path):
         (folder / "tunes.abc").write_text(body)
     proc = run_cli(
         "task=music", "evaluate", f"ckpt_path={checkpoint}", "data=abc_dir", f"data.path={tmp_path / 'tunes'}",
-        "data.test_fraction=0.25", "evaluate.num_tunes=1", "evaluate.length=60", "evaluate.reference_tunes=4",
+        "data.test_fraction=0.25", "evaluate.num_tunes=1", "generate.length=60", "evaluate.reference_tunes=4",
         "evaluate.classifier.max_features=2000", timeout=400,
     )
     metrics = last_json_line(proc.stdout)

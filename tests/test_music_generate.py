@@ -368,3 +368,34 @@ def test_best_of_candidates_keeps_the_best_and_renumbers():
     assert kept[1].raw == bad_bars and kept[1] is not results[3]  # the first of equals, renumbered
     assert kept[1].abc.splitlines()[:2] == ["X:2", "T:german 1"] and kept[1].index == 2
     assert best_of(results, 1) == results
+
+
+def test_generation_settings_are_the_generate_section_checked_once():
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+    from framework import UserError
+    from plugins.music_lstm.generate import CHARS_PER_BAR, GenerationSettings, write_tunes
+
+    section = OmegaConf.load(REPO / "plugins" / "music_lstm" / "conf" / "task" / "music.yaml").generate
+    settings = GenerationSettings.from_config(section)
+    assert settings.num_tunes == section.num_tunes and settings.length == section.length
+    assert settings.sampling == Sampling(section.temperature, section.top_k, section.top_p)
+    assert settings.repair == tuple(section.repair) and settings.header_defaults == dict(section.header_defaults)
+    assert settings.form is None and settings.guarded == section.bar_guard.enabled
+    # what evaluate and the studio change: a value in place of the section's own
+    shaped = GenerationSettings.from_config(section, num_tunes=2, bars=16, form="AABB", prompt="M:6/8\\nK:Dm\\n")
+    assert shaped.num_tunes == 2 and shaped.form.bars == 16 and shaped.prompt == "M:6/8\nK:Dm\n"
+    assert shaped.max_length == max(section.length, CHARS_PER_BAR * 16 + 100) and shaped.guarded
+    assert shaped.replace(form=None).max_length == section.length
+    for change, message in (({"form": "ABA"}, "form 'ABA'"), ({"render": ["mp3"]}, "unknown generate.render"),
+                            ({"repair": ["all"]}, "unknown generate.repair"), ({"top_k": -1}, "top_k"),
+                            ({"num_tunes": 0}, "generate.num_tunes"), ({"candidates": -1}, "candidates")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            GenerationSettings.from_config(section, **change)
+
+    # the object is all write_tunes needs: candidates and length come from it
+    model = random_model()
+    plain = GenerationSettings(length=30, sampling=Sampling(1.0, 0, 1.0), candidates=2)
+    kept, every, out = write_tunes(model, ["irish", "german"], plain, seed=1)
+    assert len(kept) == 2 and len(every) == 4 and max(len(ids) for ids in out.tokens) <= 30

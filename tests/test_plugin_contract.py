@@ -71,3 +71,38 @@ def test_history_plot_shows_the_plugin_metrics(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "with_bpc.png").width > Image.open(tmp_path / "only_losses.png").width
+
+
+def test_a_mode_refuses_to_start_without_what_its_plugin_requires(monkeypatch, capsys):
+    import torch
+
+    from framework import cli
+
+    needy = Plugin(name="needy", modes={"train": "framework.runner:train"}, requires=(
+        "tiny-task>=0.1",  # the fixture's own distribution: met
+        "no-such-distribution-for-tests>=1.0",
+        "torch>=999",
+        "another-missing-one; sys_platform == 'no-such-platform'",  # not for this platform: not checked
+    ))
+    monkeypatch.setattr(registry, "plugins", lambda: {"needy": needy})
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    assert registry.missing_requirements(needy) == [("no-such-distribution-for-tests>=1.0", None), ("torch>=999", torch.__version__)]
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["task=needy", "train"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: task needy needs no-such-distribution-for-tests>=1.0, torch>=999 (found {torch.__version__}) "
+        "(pip install 'no-such-distribution-for-tests>=1.0' 'torch>=999')"
+    ]
+    cli.main(["list"])  # listing needs nothing, and shows what each task needs
+    assert f"    needs: {', '.join(needy.requires)}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["music", "gasleak"])
+def test_plugin_requirements_are_installed_with_the_distribution(name):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    plugin = registry.get(name)
+    assert plugin.requires and set(plugin.requires) <= set(dependencies)
+    assert registry.missing_requirements(plugin) == []

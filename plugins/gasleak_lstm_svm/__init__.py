@@ -13,4 +13,7 @@ plugin = Plugin(
     },
     conf_package="plugins.gasleak_lstm_svm.conf",
     model_artifact="directory",  # a detector bundle (manifest.json, encoder, SVM); see bundle.py
+    # the SVMs and their bundle format (scikit-learn, skops); the service's MQTT input, webhooks and
+    # GET /metrics. Also in pyproject.toml's dependencies.
+    requires=("scikit-learn>=1.5", "skops>=0.10", "paho-mqtt>=2.0", "httpx>=0.27", "prometheus-client>=0.20"),
 )

@@ -221,14 +221,17 @@ def find_detector(cfg) -> Path:
     """The bundle to use: ``cfg.ckpt_path`` (a bundle dir, a train run dir, or a checkpoint inside
     one) or else the latest gas-leak train run's detector."""
     hint = "no trained detector; run `python -m framework task=gasleak train` first"
+    from framework import runs
+
     ckpt = cfg.get("ckpt_path")
     if ckpt:
         p = Path(str(ckpt))
-        for candidate in (p, p / "detector", p.parent / "detector", p.parent.parent / "detector"):
-            if (candidate / "manifest.json").is_file():
-                return candidate
+        if (p / "manifest.json").is_file():  # a bundle, wherever it was copied
+            return p
+        run = runs.run_dir_of(p, holding="detector")  # a train run, or a file inside one
+        if run is not None and (run / "detector" / "manifest.json").is_file():
+            return run / "detector"
         raise UserError(f"ckpt_path={ckpt}: no detector bundle there (a bundle dir holds manifest.json)")
-    from framework import runs
 
     outputs = cfg.paths.outputs if "paths" in cfg else None
     latest = runs.latest_train(cfg.task.name if "task" in cfg else "gasleak", outputs)

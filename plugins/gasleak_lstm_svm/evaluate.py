@@ -147,9 +147,6 @@ def plot_day(series: Series, results: dict[str, dict], index: int, window: int, 
 
 
 def run(cfg: DictConfig) -> dict:
-    from plugins.gasleak_lstm_svm.train import set_threads
-
-    set_threads(cfg.detector)
     bundle = find_detector(cfg)
     ecfg = cfg.evaluate
     tolerance_s, grace_s = float(ecfg.tolerance_s), float(ecfg.grace_s)

@@ -64,13 +64,6 @@ def _sample_metrics(name: str, y: np.ndarray) -> dict:
     return {f"{name}/train_windows": int(len(y)), f"{name}/train_leak_share": round(float(y.mean()), 4)}
 
 
-def set_threads(dcfg) -> None:
-    import torch
-
-    if dcfg.get("torch_threads"):
-        torch.set_num_threads(int(dcfg.torch_threads))
-
-
 def resolve_init_from(cfg: DictConfig) -> DictConfig:
     """``init_from=<detector bundle or train run>``: fine-tune from the bundle's stage-1 checkpoint."""
     init = cfg.get("init_from")
@@ -163,7 +156,6 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
 
 def run(cfg: DictConfig) -> dict:
     dcfg = cfg.detector
-    set_threads(dcfg)
     kind = str(dcfg.kind)
     if kind not in ("lstm_svm", "svm", "threshold"):
         raise UserError(f"detector.kind must be lstm_svm, svm or threshold, got {kind!r}")

@@ -13,4 +13,7 @@ plugin = Plugin(
     },
     conf_package="plugins.music_lstm.conf",
     plot_metrics=("bpc", "acc"),
+    # ABC parsing and the MIDI/MusicXML files (music21), score images (verovio), the style
+    # classifier of evaluate (scikit-learn); also in pyproject.toml's dependencies
+    requires=("music21>=9.1", "verovio>=4.0", "scikit-learn>=1.5"),
 )

@@ -1,4 +1,6 @@
-"""ABC cleaning: split files into tunes at ``X:`` and keep only what the model needs.
+"""ABC lexing and cleaning: field lines, splitting files into tunes at ``X:``, and keeping only what
+the model needs. The header check and repair of generated tunes (:mod:`.abc_check`) read field
+lines with :func:`field_line` from here.
 
 A cleaned tune is plain ABC without ``X:`` and ``T:`` (generation writes those itself):
 the kept header fields in their original order, ``K:`` last, then the body::
@@ -23,6 +25,7 @@ DEFAULT_KEEP_FIELDS = ("M", "L", "Q", "K")
 # Fields kept when they appear inside the body (changes of metre/key, part labels).
 DEFAULT_KEEP_BODY_FIELDS = ("M", "L", "Q", "K", "P")
 
+# A field line: a letter, or ABC 2.1's "+" that continues the field line before it, then ':'.
 _FIELD = re.compile(r"^([A-Za-z+]):(.*)$")
 _QUOTED = re.compile(r'"[^"\n]*"')
 # A chord symbol starts with a note name (or is "N.C."); anything else in quotes is an
@@ -76,9 +79,11 @@ def to_ascii(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
-def _is_field_line(line: str) -> re.Match | None:
+def field_line(line: str) -> re.Match | None:
+    """A field line (``M:6/8``, ``K:G``, ``+:`` continuing the one before) as a match of its name
+    (group 1) and value (group 2), else None. ``A:|`` and ``B::`` are a note followed by a repeat
+    sign, not fields."""
     m = _FIELD.match(line)
-    # "A:|" or "B::" are notes followed by a repeat sign, not fields.
     if m and not m.group(2).startswith((":", "|")):
         return m
     return None
@@ -152,7 +157,7 @@ def clean_tune(
             line = _strip_comment(line).rstrip()
             if not line:
                 continue
-        field = _is_field_line(line.strip())
+        field = field_line(line.strip())
         if field:
             name, value = field.group(1), field.group(2).strip()
             if name in ("V",) and not allow_multivoice:
@@ -187,7 +192,7 @@ def clean_tune(
         text = to_ascii(text)
         if not text.isascii():
             raise SkipTune("non-ASCII")
-    notes = sum(len(_NOTE.findall(_QUOTED.sub("", b))) for b in body if not _is_field_line(b))
+    notes = sum(len(_NOTE.findall(_QUOTED.sub("", b))) for b in body if not field_line(b))
     if notes == 0:
         raise SkipTune("empty body")
     if notes < min_notes:

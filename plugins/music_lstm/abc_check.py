@@ -27,7 +27,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
-FIELD_LINE = re.compile(r"^([A-Za-z]):(.*)$")
+from plugins.music_lstm.abc import field_line
+
 _METRE = re.compile(r"^\s*(C\|?|none|\d+(\+\d+)*/\d+)\s*$")
 _UNIT = re.compile(r"^\s*1/(1|2|4|8|16|32|64)\s*$")
 _KEY = re.compile(r"^\s*([A-G][#b]?\s*(m|min|maj|major|minor|mix|dor|phr|lyd|loc|aeo|ion|[a-zA-Z]*)?|none|HP|Hp)?(\s.*)?$")
@@ -40,20 +41,12 @@ MIN_BARS = 4  # a tune needs this many bars for its bars to count as consistent 
 REPAIRS = ("trailing_bar", "chord", "grace", "string", "repeat")
 
 
-def _is_field(line: str) -> re.Match | None:
-    m = FIELD_LINE.match(line)
-    # "A:|" and "B::" are a note followed by a repeat sign, not a field.
-    if m and not m.group(2).startswith((":", "|")):
-        return m
-    return None
-
-
 def split_header(text: str) -> tuple[list[tuple[str, str]], str]:
     """Leading ``X:value`` lines as (name, value) pairs, and the rest of the tune."""
     lines = text.strip("\n").split("\n")
     header = []
     for i, line in enumerate(lines):
-        m = _is_field(line.strip())
+        m = field_line(line.strip())
         if not m:
             return header, "\n".join(lines[i:])
         header.append((m.group(1), m.group(2).strip()))
@@ -142,7 +135,7 @@ def repair(text: str, truncated: bool, fixes=REPAIRS) -> tuple[str, list[str]]:
         changed_any = False
         new = []
         for line in lines:
-            if _is_field(line.strip()):
+            if field_line(line.strip()):
                 new.append(line)
                 continue
             line, changed = fn(line)

@@ -1,12 +1,12 @@
 """ABC corpora -> cleaned tunes -> one cached integer array per split -> random windows.
 
-Sources (``data.source``):
-- ``music21``: the ABC tunes shipped inside music21's corpus; the label of a file comes from the
+Sources, each its own datamodule class (``data=<name>`` picks its ``_target_``):
+- ``music21`` (:class:`Music21Data`): the ABC tunes shipped inside music21's corpus; the label of a file comes from the
   first ``labels`` entry whose glob matches its path inside the corpus (unmatched files are skipped).
-- ``hoyomusic``: the HoyoMusic dataset (fields ``prompt``, ``data`` = ABC, ``label`` = region) from a
+- ``hoyomusic`` (:class:`HoyoMusicData`): the HoyoMusic dataset (fields ``prompt``, ``data`` = ABC, ``label`` = region) from a
   local jsonl/json/parquet file or folder (``data.path``), or from the Hugging Face hub when
   ``data.path`` is unset.
-- ``abc_dir``: every ``*.abc`` under ``data.path``; the label is the first sub-folder's name.
+- ``abc_dir`` (:class:`AbcDirData`): every ``*.abc`` under ``data.path``; the label is the first sub-folder's name.
 
 Tunes are split train/val/test by tune with a fixed seed, tokenised once with :class:`Vocabulary`
 framing and concatenated per split into one int array, cached on disk under a key made of the sources
@@ -276,7 +276,9 @@ class ConsecutiveWindows(Dataset):
 
 
 class MusicDataModule(TaskData, L.LightningDataModule):
-    """ABC tunes as (x, y, lab) int64 batches of shape (B, T); see the module docstring."""
+    """ABC tunes as (x, y, lab) int64 batches of shape (B, T); see the module docstring. The
+    subclasses below fix ``source``; this class takes it as an argument (train runs saved before
+    they existed name it with ``source:``)."""
 
     def __init__(
         self,
@@ -483,3 +485,24 @@ class MusicDataModule(TaskData, L.LightningDataModule):
 
     def test_dataloader(self):
         return self._eval_loader("test")
+
+
+class Music21Data(MusicDataModule):
+    """``data=music21``: the ABC tunes inside music21's corpus, labelled by ``labels`` globs."""
+
+    def __init__(self, **settings):
+        super().__init__(source="music21", **settings)
+
+
+class HoyoMusicData(MusicDataModule):
+    """``data=hoyomusic``: the HoyoMusic records from ``path`` (jsonl, json, parquet), else the hub."""
+
+    def __init__(self, **settings):
+        super().__init__(source="hoyomusic", **settings)
+
+
+class AbcDirData(MusicDataModule):
+    """``data=abc_dir``: every .abc file under ``path``, labelled by its first sub-folder."""
+
+    def __init__(self, **settings):
+        super().__init__(source="abc_dir", **settings)

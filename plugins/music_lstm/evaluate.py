@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from framework import UserError, checkpoints
+from framework import UserError, checkpoints, runs
 from framework.runner import build_datamodule
 from plugins.music_lstm import abc_check
 from plugins.music_lstm.bars import count_bars
 from plugins.music_lstm.decoding import StepModel
-from plugins.music_lstm.generate import bar_distribution, bar_guard, load_model, normalise_prompt, sampling_from, summarise, table, write_tunes
+from plugins.music_lstm.generate import GenerationSettings, bar_distribution, load_model, summarise, table, write_tunes
 from plugins.music_lstm.model import MusicLSTM
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,12 @@ def data_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
         overrides = []
     if any(o.lstrip("+~").split("=")[0].split(".")[0] == "data" for o in overrides):
         return cfg.data
-    saved = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        return cfg.data
-    train_cfg = OmegaConf.load(saved)
-    if "data" not in train_cfg:
+    run_dir = runs.run_dir_of(checkpoint)
+    train_cfg = runs.saved_config(run_dir) if run_dir is not None else None
+    if train_cfg is None or "data" not in train_cfg:
         return cfg.data
     train_cfg.paths = cfg.paths  # this run's outputs/cache locations
-    log.info("evaluating on the data config of the training run %s (set data=... to evaluate other tunes)", saved.parent.parent)
+    log.info("evaluating on the data config of the training run %s (set data=... to evaluate other tunes)", run_dir)
     return train_cfg.data
 
 
@@ -150,82 +148,68 @@ def load_tunes(data_cfg: DictConfig, ckpt: dict) -> dict[str, list]:
     return tunes
 
 
-def run(cfg: DictConfig) -> dict:
-    e = cfg.evaluate
-    seed = int(cfg.seed)
-    model, path = load_model(cfg)
-    vocab = model.vocabulary
-    tunes = load_tunes(data_config(cfg, path), checkpoints.load(path))
-    split = str(e.split)
-    if split not in tunes:
-        raise UserError(f"evaluate.split={split!r} is not one of the data's splits: {', '.join(tunes)}")
-    held_out = tunes[split]
-    if not held_out:
-        raise UserError(f"the {split} split is empty; use more data or a larger data.test_fraction")
-    metrics: dict = {"checkpoint": str(path)}
+# ---- the stages: each scores one thing and returns its metrics ---------------------------------
 
-    # 1. bits per character on real tunes
+
+def score_bits_per_char(model: MusicLSTM, held_out: list, split: str, max_tunes: int | None, batch_size: int,
+                        seed: int) -> dict:
+    """1. Bits per character on (at most ``max_tunes`` of) the real held-out tunes."""
     scored = list(held_out)
-    if e.get("max_eval_tunes") and len(scored) > int(e.max_eval_tunes):
-        scored = random.Random(seed).sample(scored, int(e.max_eval_tunes))
+    if max_tunes and len(scored) > max_tunes:
+        scored = random.Random(seed).sample(scored, max_tunes)
     start = time.perf_counter()
-    bpc, chars, skipped = bits_per_char(model, scored, int(e.batch_size))
+    bpc, chars, skipped = bits_per_char(model, scored, batch_size)
     log.info("%s split: %.4f bits per character over %d characters of %d tunes (%d skipped: unknown characters/labels) in %.1f s",
              split, bpc, chars, len(scored) - skipped, skipped, time.perf_counter() - start)
-    metrics |= {f"{split}/bpc": bpc, f"{split}/chars": chars, f"{split}/tunes": len(scored) - skipped, f"{split}/skipped": skipped}
+    return {f"{split}/bpc": bpc, f"{split}/chars": chars, f"{split}/tunes": len(scored) - skipped, f"{split}/skipped": skipped}
 
-    # 2. the style classifier, trained on real tunes of each label
-    c = e.classifier
-    train = _cap_per_label(tunes.get("train") or [], c.get("max_train_per_label"), seed)
+
+def train_style_classifier(train: list, held_out: list, settings, seed: int) -> tuple[StyleClassifier | None, dict]:
+    """2. The style classifier, trained on real tunes of each label, and its accuracy on held-out real
+    tunes (None, no metrics: fewer than two labels to tell apart)."""
+    train = _cap_per_label(train, settings.get("max_train_per_label"), seed)
     train_labels = sorted({t.label for t in train})
-    classifier = None
-    if len(train_labels) >= 2:
-        start = time.perf_counter()
-        classifier = StyleClassifier(list(c.ngram_range), int(c.max_features), float(c.C), seed).fit(
-            [t.text for t in train], [t.label for t in train]
-        )
-        real = [t for t in held_out if t.label in classifier.labels_]
-        real_acc = sum(p == t.label for p, t in zip(classifier.predict([t.text for t in real]), real)) / max(1, len(real))
-        log.info("style classifier: %d labels, trained on %d real tunes, %.1f%% accurate on %d held-out real tunes (%.1f s)",
-                 len(train_labels), len(train), 100 * real_acc, len(real), time.perf_counter() - start)
-        metrics |= {"classifier_real_accuracy": real_acc, "classifier_labels": len(train_labels)}
-    else:
+    if len(train_labels) < 2:
         log.warning("style control not scored: the training split has %d label(s)", len(train_labels))
-
-    # 3. the same check on real held-out tunes: what the corpus itself scores
-    reference = {}
-    if int(e.get("reference_tunes") or 0) > 0:
-        sample = random.Random(seed + 1).sample(held_out, min(len(held_out), int(e.reference_tunes)))
-        checks = [abc_check.check(abc_check.fix_header(t.text, i, t.label)[0]) for i, t in enumerate(sample, 1)]
-        reference = {
-            "reference_tunes": len(checks),
-            "reference_parse_share": sum(c.parses for c in checks) / len(checks),
-            "reference_bars_consistent_share": sum(c.bars_consistent for c in checks) / len(checks),
-        }
-        metrics |= reference
-
-    # 4. generated tunes per label
-    labels = [label for label in vocab.labels for _ in range(int(e.num_tunes))]
-    prompt = normalise_prompt(e.get("prompt"))
-    step_model = StepModel(model, quantize=bool(e.quantize))
-    header_defaults = OmegaConf.to_container(e.header_defaults) if e.get("header_defaults") else None
-    candidates = int(e.get("candidates") or 1)
-    guard = bar_guard(e, model, header_defaults)
-    if e.get("threads"):
-        torch.set_num_threads(int(e.threads))  # for decoding; bits per character above used the default
-    results, every, out = write_tunes(
-        model, labels, prompt, int(e.length), sampling_from(e), seed, candidates,
-        fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model, guard=guard,
+        return None, {}
+    start = time.perf_counter()
+    classifier = StyleClassifier(list(settings.ngram_range), int(settings.max_features), float(settings.C), seed).fit(
+        [t.text for t in train], [t.label for t in train]
     )
-    unguarded = None
+    real = [t for t in held_out if t.label in classifier.labels_]
+    real_acc = sum(p == t.label for p, t in zip(classifier.predict([t.text for t in real]), real)) / max(1, len(real))
+    log.info("style classifier: %d labels, trained on %d real tunes, %.1f%% accurate on %d held-out real tunes (%.1f s)",
+             len(train_labels), len(train), 100 * real_acc, len(real), time.perf_counter() - start)
+    return classifier, {"classifier_real_accuracy": real_acc, "classifier_labels": len(train_labels)}
+
+
+def check_reference_tunes(held_out: list, count: int, seed: int) -> dict:
+    """3. The music21 check on real held-out tunes: what the corpus itself scores (no metrics for 0)."""
+    if count <= 0:
+        return {}
+    sample = random.Random(seed + 1).sample(held_out, min(len(held_out), count))
+    checks = [abc_check.check(abc_check.fix_header(t.text, i, t.label)[0]) for i, t in enumerate(sample, 1)]
+    return {
+        "reference_tunes": len(checks),
+        "reference_parse_share": sum(c.parses for c in checks) / len(checks),
+        "reference_bars_consistent_share": sum(c.bars_consistent for c in checks) / len(checks),
+    }
+
+
+def write_and_check(model: MusicLSTM, settings: GenerationSettings, seed: int, compare_unguarded: bool) -> tuple[list, dict]:
+    """4. ``settings.num_tunes`` tunes per label, written and checked as generate mode does; with
+    bar-aware decoding and ``compare_unguarded`` also drawn plainly. Returns (kept tunes, metrics)."""
+    labels = [label for label in model.vocabulary.labels for _ in range(settings.num_tunes)]
+    step_model = StepModel(model, quantize=settings.quantize)
+    guard = settings.guard(model)
+    results, every, out = write_tunes(model, labels, settings, seed, step_model=step_model, guard=guard)
+    metrics = {"generated_tunes": len(results), "generated_chars": out.num_chars, "generate_seconds": out.seconds,
+               "chars_per_second": out.num_chars / max(out.seconds, 1e-9)}
     if guard is not None:
         log.info(guard.describe())
         metrics |= guard.stats()
-        if e.get("compare_unguarded"):
-            plain, _, plain_out = write_tunes(
-                model, labels, prompt, int(e.length), sampling_from(e), seed, candidates,
-                fixes=list(e.get("repair") or []), header_defaults=header_defaults, step_model=step_model,
-            )
+        if compare_unguarded:
+            plain, _, plain_out = write_tunes(model, labels, settings, seed, step_model=step_model)
             unguarded = summarise(plain)
             metrics |= {
                 "unguarded_bars_median": unguarded["bars_median"],
@@ -234,17 +218,26 @@ def run(cfg: DictConfig) -> dict:
                 "unguarded_bars_consistent_share": unguarded["bars_consistent_share"],
                 "unguarded_chars_per_second": plain_out.num_chars / max(plain_out.seconds, 1e-9),
             }
+    if settings.candidates > 1:
+        raw = summarise(every)
+        metrics |= {"candidates": settings.candidates, "raw_parse_share": raw["parse_share"],
+                    "raw_bars_consistent_share": raw["bars_consistent_share"]}
+    return results, metrics
+
+
+def _spread(d: dict) -> str:
+    return "-" if d["median"] is None else f"{d['median']:.0f} ({d['q1']:.0f}-{d['q3']:.0f}), {100 * d['under_8']:.0f}% < 8"
+
+
+def score_per_label(results: list, held_out: list, labels: list[str], classifier: StyleClassifier | None,
+                    split: str) -> dict:
+    """5. Per label and over all: parse, bars consistent, repaired, recognised as the label (by the
+    classifier), and bars per tune against real held-out tunes of the same label."""
     predicted = classifier.predict([r.abc for r in results]) if classifier else [None] * len(results)
-
-    # 5. bars per tune, generated against real held-out tunes of the same label
-    real_bars = {label: [count_bars(t.text) for t in held_out if t.label == label] for label in vocab.labels}
-
-    def spread(d: dict) -> str:
-        return "-" if d["median"] is None else f"{d['median']:.0f} ({d['q1']:.0f}-{d['q3']:.0f}), {100 * d['under_8']:.0f}% < 8"
-
-    rows = []
+    real_bars = {label: [count_bars(t.text) for t in held_out if t.label == label] for label in labels}
+    metrics, rows = {}, []
     totals = {"parse": 0, "bars": 0, "repaired": 0, "style": 0, "style_n": 0}
-    for label in vocab.labels:
+    for label in labels:
         mine = [(r, p) for r, p in zip(results, predicted) if r.label == label]
         n = len(mine)
         made, real = bar_distribution([r.bars for r, _ in mine]), bar_distribution(real_bars[label])
@@ -265,43 +258,18 @@ def run(cfg: DictConfig) -> dict:
         metrics[f"parse/{label}"] = parse / n
         metrics[f"bars/{label}"] = bars / n
         rows.append([label, n, f"{100 * parse / n:.0f}%", f"{100 * bars / n:.0f}%", f"{100 * repaired / n:.0f}%",
-                     f"{100 * style / n:.0f}%" if scored_style else "-", spread(made), spread(real)])
+                     f"{100 * style / n:.0f}%" if scored_style else "-", _spread(made), _spread(real)])
     n = len(results)
     chance = 1 / len(classifier.labels_) if classifier else None
     style_share = totals["style"] / totals["style_n"] if totals["style_n"] else None
     made_all = bar_distribution([r.bars for r in results])
-    real_all = bar_distribution([c for label in vocab.labels for c in real_bars[label]])
+    real_all = bar_distribution([c for label in labels for c in real_bars[label]])
     rows.append(["all", n, f"{100 * totals['parse'] / n:.0f}%", f"{100 * totals['bars'] / n:.0f}%",
                  f"{100 * totals['repaired'] / n:.0f}%", f"{100 * style_share:.0f}% (chance {100 * chance:.0f}%)" if style_share is not None else "-",
-                 spread(made_all), spread(real_all)])
-    chars_per_s = out.num_chars / max(out.seconds, 1e-9)
+                 _spread(made_all), _spread(real_all)])
     log.info("\n%s", table(rows, ["label", "tunes", "parse", "bars ok", "repaired", "recognised as label",
                                   "bars per tune: median (middle half), share < 8", f"real {split} tunes"]))
-    summary = [
-        ["bits per character", f"{bpc:.4f} ({split} split, {chars} chars)"],
-        ["parse", f"{100 * totals['parse'] / n:.1f}%"],
-        ["bars consistent", f"{100 * totals['bars'] / n:.1f}%"],
-        ["needed repair", f"{100 * totals['repaired'] / n:.1f}%"],
-        *([["real tunes: parse / bars", f"{100 * reference['reference_parse_share']:.1f}% / "
-            f"{100 * reference['reference_bars_consistent_share']:.1f}% of {reference['reference_tunes']} held-out tunes"]] if reference else []),
-        ["bars per tune", f"{spread(made_all)} (real {split} tunes: {spread(real_all)})"],
-        ["style recognised", f"{100 * style_share:.1f}% vs chance {100 * chance:.1f}%" if style_share is not None else "not scored"],
-        ["classifier on real tunes", f"{100 * metrics['classifier_real_accuracy']:.1f}%" if classifier else "-"],
-        ["generation", f"{out.num_chars} chars in {out.seconds:.2f} s = {chars_per_s:.0f} chars/s ({'int8' if e.quantize else 'float32'}, batch {n})"],
-    ]
-    if guard is not None:
-        summary.insert(1, ["decoding", "bar-aware (bar_guard.enabled=true)"])
-    if unguarded is not None:
-        summary.insert(4, ["  without bar-aware decoding", f"parse {100 * unguarded['parse_share']:.1f}%, "
-                           f"bars {100 * unguarded['bars_consistent_share']:.1f}%, "
-                           f"median {unguarded['bars_median']:.0f} bars a tune, {100 * unguarded['bars_under_8_share']:.0f}% < 8"])
-    if candidates > 1:
-        raw = summarise(every)
-        summary.insert(3, [f"  over all {len(every)} candidates", f"parse {100 * raw['parse_share']:.1f}%, bars {100 * raw['bars_consistent_share']:.1f}%"])
-        summary.insert(1, ["candidates per tune", f"{candidates} (best kept)"])
-        metrics |= {"candidates": candidates, "raw_parse_share": raw["parse_share"], "raw_bars_consistent_share": raw["bars_consistent_share"]}
-    log.info("\n%s", table(summary, ["evaluate", "value"]))
-    metrics |= {
+    return metrics | {
         "bars_median": made_all["median"],
         "bars_q1": made_all["q1"],
         "bars_q3": made_all["q3"],
@@ -310,13 +278,72 @@ def run(cfg: DictConfig) -> dict:
         "real_bars_q1": real_all["q1"],
         "real_bars_q3": real_all["q3"],
         "real_bars_under_8_share": real_all["under_8"],
-        "generated_tunes": n,
         "parse_share": totals["parse"] / n,
         "bars_consistent_share": totals["bars"] / n,
         "repaired_share": totals["repaired"] / n,
         "style_recognised_share": style_share,
         "style_chance": chance,
-        "generated_chars": out.num_chars,
-        "chars_per_second": chars_per_s,
     }
+
+
+def summary_table(m: dict, split: str, settings: GenerationSettings) -> str:
+    """The evaluation in one table, from the stages' metrics."""
+    def share(key: str) -> str:
+        return f"{100 * m[key]:.1f}%"
+
+    def bars(prefix: str) -> str:
+        keys = {"median": "median", "q1": "q1", "q3": "q3", "under_8": "under_8_share"}
+        return _spread({k: m[f"{prefix}bars_{v}"] for k, v in keys.items()})
+
+    rows = [
+        ["bits per character", f"{m[f'{split}/bpc']:.4f} ({split} split, {m[f'{split}/chars']} chars)"],
+        ["parse", share("parse_share")],
+        ["bars consistent", share("bars_consistent_share")],
+        ["needed repair", share("repaired_share")],
+        *([["real tunes: parse / bars", f"{share('reference_parse_share')} / {share('reference_bars_consistent_share')} "
+            f"of {m['reference_tunes']} held-out tunes"]] if "reference_tunes" in m else []),
+        ["bars per tune", f"{bars('')} (real {split} tunes: {bars('real_')})"],
+        ["style recognised", f"{share('style_recognised_share')} vs chance {share('style_chance')}"
+         if m["style_recognised_share"] is not None else "not scored"],
+        ["classifier on real tunes", share("classifier_real_accuracy") if "classifier_real_accuracy" in m else "-"],
+        ["generation", f"{m['generated_chars']} chars in {m['generate_seconds']:.2f} s = {m['chars_per_second']:.0f} chars/s "
+                       f"({'int8' if settings.quantize else 'float32'}, batch {m['generated_tunes']})"],
+    ]
+    if settings.guarded:
+        rows.insert(1, ["decoding", "bar-aware (bar_guard.enabled=true)"])
+    if "unguarded_parse_share" in m:
+        rows.insert(4, ["  without bar-aware decoding", f"parse {share('unguarded_parse_share')}, "
+                        f"bars {share('unguarded_bars_consistent_share')}, median {m['unguarded_bars_median']:.0f} bars a tune, "
+                        f"{100 * m['unguarded_bars_under_8_share']:.0f}% < 8"])
+    if settings.candidates > 1:
+        rows.insert(3, [f"  over all {m['generated_tunes'] * settings.candidates} candidates",
+                        f"parse {100 * m['raw_parse_share']:.1f}%, bars {100 * m['raw_bars_consistent_share']:.1f}%"])
+        rows.insert(1, ["candidates per tune", f"{settings.candidates} (best kept)"])
+    return table(rows, ["evaluate", "value"])
+
+
+def run(cfg: DictConfig) -> dict:
+    e = cfg.evaluate
+    seed = int(cfg.seed)
+    # The generate section's settings, num_tunes per label, in the model's own shapes (bars per
+    # tune is compared with the real tunes').
+    settings = GenerationSettings.from_config(cfg.generate, num_tunes=int(e.num_tunes), bars=None, form=None)
+    model, path = load_model(cfg)
+    tunes = load_tunes(data_config(cfg, path), checkpoints.load(path))
+    split = str(e.split)
+    if split not in tunes:
+        raise UserError(f"evaluate.split={split!r} is not one of the data's splits: {', '.join(tunes)}")
+    held_out = tunes[split]
+    if not held_out:
+        raise UserError(f"the {split} split is empty; use more data or a larger data.test_fraction")
+
+    metrics: dict = {"checkpoint": str(path)}
+    metrics |= score_bits_per_char(model, held_out, split, int(e.get("max_eval_tunes") or 0), int(e.batch_size), seed)
+    classifier, classifier_metrics = train_style_classifier(tunes.get("train") or [], held_out, e.classifier, seed)
+    metrics |= classifier_metrics
+    metrics |= check_reference_tunes(held_out, int(e.get("reference_tunes") or 0), seed)
+    results, generation_metrics = write_and_check(model, settings, seed, bool(e.get("compare_unguarded")))
+    metrics |= generation_metrics
+    metrics |= score_per_label(results, held_out, model.vocabulary.labels, classifier, split)
+    log.info("\n%s", summary_table(metrics, split, settings))
     return metrics

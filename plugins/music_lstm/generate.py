@@ -13,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from framework import UserError, checkpoints, runs
@@ -41,10 +40,9 @@ def load_model(cfg: DictConfig) -> tuple[MusicLSTM, Path]:
     return model.eval(), path
 
 
-def requested_labels(gen_cfg, known: list[str], num_tunes: int) -> list[str]:
-    """The label of every tune: the one asked for (``region`` or its alias ``label``), else each
-    known label in turn. An unknown label is a one-line error listing the known ones."""
-    asked = gen_cfg.get("region") or gen_cfg.get("label")
+def requested_labels(asked: str | None, known: list[str], num_tunes: int) -> list[str]:
+    """The label of every tune: the one asked for, else each known label in turn. An unknown label
+    is a one-line error listing the known ones."""
     if asked is None or str(asked) == "":
         if not known:
             raise UserError("the model has no labels")
@@ -59,25 +57,13 @@ def requested_labels(gen_cfg, known: list[str], num_tunes: int) -> list[str]:
     return [asked] * num_tunes
 
 
-def sampling_from(section) -> Sampling:
-    try:
-        return Sampling(
-            temperature=float(section.get("temperature", 1.0)),
-            top_k=int(section.get("top_k", 0) or 0),
-            top_p=float(section.get("top_p", 1.0) or 1.0),
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
 CHARS_PER_BAR = 40  # room a requested bar gets in the length limit (the corpus averages about 12)
 
 
-def tune_form(section) -> Form | None:
-    """The shape ``bars``/``form`` of a generate section asks for (None: the model chooses)."""
-    bars = section.get("bars")
+def tune_form(form: str | None, bars: int | None) -> Form | None:
+    """The shape ``bars``/``form`` ask for (None: the model chooses)."""
     try:
-        return Form.parse(section.get("form"), None if bars is None else int(bars))
+        return Form.parse(form, None if bars is None else int(bars))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -85,32 +71,6 @@ def tune_form(section) -> Form | None:
 def length_for(length: int, form: Form | None) -> int:
     """The length limit, raised so that a requested number of bars fits in it."""
     return length if form is None else max(length, CHARS_PER_BAR * form.bars + 100)
-
-
-def bar_guard(section, model: MusicLSTM, header_defaults: dict | None = None, listener=None,
-              form: Form | None = None) -> BarGuard | None:
-    """The decoder's referee for a generate/evaluate section (None when nothing asks for one):
-    ``bar_guard`` redraws bars of the wrong length, ``form``/``bars`` give the tune its shape,
-    ``min_bars`` redraws a tune that ends too soon."""
-    settings = section.get("bar_guard") or {}
-    judge = bool(settings.get("enabled", False))
-    min_bars = int(section.get("min_bars") or 0)
-    if not judge and form is None and not min_bars and listener is None:
-        return None
-    try:
-        return BarGuard(
-            model.vocabulary.tokens,
-            retries=int(settings.get("retries", 4)),
-            restarts=int(settings.get("restarts", 2)),
-            budget=float(settings.get("budget", 2.0)),
-            header_defaults=header_defaults,
-            judge=judge,
-            form=form,
-            min_bars=min_bars,
-            listener=listener,
-        )
-    except ValueError as e:
-        raise UserError(f"bar_guard: {e}") from None
 
 
 def normalise_prompt(prompt: str | None) -> str:
@@ -122,6 +82,103 @@ def normalise_prompt(prompt: str | None) -> str:
     out = "\n".join(line for line in lines if line)
     # A prompt that ends with a complete line continues on a new line.
     return out + "\n" if text.rstrip(" ").endswith("\n") else out
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How tunes are written: the ``generate:`` config section (:meth:`from_config`), checked once.
+
+    Generate mode writes with it; evaluate with its own ``num_tunes`` and the model's own tune
+    shapes; the studio with each request's sampling, length, shape and prompt (:meth:`replace`).
+    """
+
+    num_tunes: int = 8
+    length: int = 600  # characters a tune writes after its prompt (raised to fit a requested form)
+    sampling: Sampling = field(default_factory=Sampling)
+    prompt: str = ""  # as normalise_prompt() leaves it
+    region: str | None = None  # the label of every tune; None: each label the model knows in turn
+    quantize: bool = False  # dynamic int8 matmuls (CPU)
+    candidates: int = 1  # draws per tune, the best one kept
+    form: Form | None = None  # the tune's shape (bars.Form); None: the model chooses
+    min_bars: int = 0  # a tune that ends with fewer written bars is drawn again (0: off)
+    bar_guard: dict = field(default_factory=dict)  # enabled, retries, restarts, budget (bars.BarGuard)
+    repair: tuple[str, ...] = abc_check.REPAIRS
+    header_defaults: dict | None = None  # for a header field the model left out or garbled
+    render: tuple[str, ...] = ()  # files per tune (render.FORMATS)
+    soundfont: str | None = None
+    sample_rate: int = 22050
+
+    def __post_init__(self):
+        if self.num_tunes < 1 or self.length < 1:
+            raise UserError(f"generate.num_tunes and generate.length must be >= 1, got {self.num_tunes} and {self.length}")
+        if self.candidates < 1:
+            raise UserError(f"candidates must be >= 1, got {self.candidates}")
+        unknown = set(self.render) - set(render.FORMATS)
+        if unknown:
+            raise UserError(f"unknown generate.render format(s) {sorted(unknown)}; known: {', '.join(render.FORMATS)}")
+        unknown = set(self.repair) - set(abc_check.REPAIRS)
+        if unknown:
+            raise UserError(f"unknown generate.repair {sorted(unknown)}; known: {', '.join(abc_check.REPAIRS)}")
+
+    @classmethod
+    def from_config(cls, section, **changes) -> "GenerationSettings":
+        """From a ``generate:`` section; ``changes`` are config values in place of the section's own."""
+        g = OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
+        g |= changes
+        try:
+            sampling = Sampling(temperature=float(g.get("temperature", 1.0)), top_k=int(g.get("top_k") or 0),
+                                top_p=float(g.get("top_p") or 1.0))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return cls(
+            num_tunes=int(g.get("num_tunes", 8)),
+            length=int(g.get("length", 600)),
+            sampling=sampling,
+            prompt=normalise_prompt(g.get("prompt")),
+            region=g.get("region") or g.get("label"),
+            quantize=bool(g.get("quantize")),
+            candidates=int(g.get("candidates") or 1),
+            form=tune_form(g.get("form"), g.get("bars")),
+            min_bars=int(g.get("min_bars") or 0),
+            bar_guard=dict(g.get("bar_guard") or {}),
+            repair=tuple(g.get("repair") or ()),
+            header_defaults=dict(g["header_defaults"]) if g.get("header_defaults") else None,
+            render=tuple(g.get("render") or ()),
+            soundfont=g.get("soundfont"),
+            sample_rate=int(g.get("sample_rate", 22050)),
+        )
+
+    def replace(self, **changes) -> "GenerationSettings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def max_length(self) -> int:
+        return length_for(self.length, self.form)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether decoding is bar-aware: bars of the wrong length redrawn, a shape, a minimum of bars."""
+        return bool(self.bar_guard.get("enabled", False)) or self.form is not None or self.min_bars > 0
+
+    def guard(self, model: MusicLSTM, listener=None) -> BarGuard | None:
+        """The decoder's referee (None when nothing asks for one): ``bar_guard`` redraws bars of the
+        wrong length, ``form`` gives the tune its shape, ``min_bars`` redraws a tune that ends too soon."""
+        if not self.guarded and listener is None:
+            return None
+        try:
+            return BarGuard(
+                model.vocabulary.tokens,
+                retries=int(self.bar_guard.get("retries", 4)),
+                restarts=int(self.bar_guard.get("restarts", 2)),
+                budget=float(self.bar_guard.get("budget", 2.0)),
+                header_defaults=self.header_defaults,
+                judge=bool(self.bar_guard.get("enabled", False)),
+                form=self.form,
+                min_bars=self.min_bars,
+                listener=listener,
+            )
+        except ValueError as e:
+            raise UserError(f"bar_guard: {e}") from None
 
 
 @dataclass
@@ -208,28 +265,21 @@ def best_of(results: list[TuneResult], candidates: int) -> list[TuneResult]:
 def write_tunes(
     model: MusicLSTM,
     labels: list[str],
-    prompt: str,
-    length: int,
-    sampling: Sampling,
+    settings: GenerationSettings,
     seed: int,
-    candidates: int = 1,
-    fixes=abc_check.REPAIRS,
-    header_defaults: dict | None = None,
     step_model: StepModel | None = None,
-    quantize: bool = False,
     guard: BarGuard | None = None,
 ) -> tuple[list[TuneResult], list[TuneResult], Generated]:
-    """Sample, fix, check, and keep the best of ``candidates`` per tune (all in one batch).
+    """Sample, fix, check, and keep the best of ``settings.candidates`` per tune (all in one batch).
 
     Returns (kept tunes, every candidate, the decoding record)."""
-    if candidates < 1:
-        raise UserError(f"candidates must be >= 1, got {candidates}")
-    expanded = [label for label in labels for _ in range(candidates)]
+    expanded = [label for label in labels for _ in range(settings.candidates)]
     texts, out = sample_tunes(
-        model, expanded, prompt, length, sampling, seed, quantize=quantize, step_model=step_model, guard=guard
+        model, expanded, settings.prompt, settings.max_length, settings.sampling, seed,
+        quantize=settings.quantize, step_model=step_model, guard=guard,
     )
-    everything = finish_tunes(texts, expanded, out.ended, fixes=fixes, header_defaults=header_defaults)
-    return best_of(everything, candidates), everything, out
+    everything = finish_tunes(texts, expanded, out.ended, fixes=settings.repair, header_defaults=settings.header_defaults)
+    return best_of(everything, settings.candidates), everything, out
 
 
 def bar_distribution(counts: list[int], short: int = 8) -> dict:
@@ -267,38 +317,16 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    g = cfg.generate
-    num_tunes = int(g.num_tunes)
-    length = int(g.length)
-    if num_tunes < 1 or length < 1:
-        raise UserError(f"generate.num_tunes and generate.length must be >= 1, got {num_tunes} and {length}")
-    formats = list(g.get("render") or [])
-    unknown = set(formats) - set(render.FORMATS)
-    if unknown:
-        raise UserError(f"unknown generate.render format(s) {sorted(unknown)}; known: {', '.join(render.FORMATS)}")
-    fixes = list(g.get("repair") or [])
-    if set(fixes) - set(abc_check.REPAIRS):
-        raise UserError(f"unknown generate.repair {sorted(set(fixes) - set(abc_check.REPAIRS))}; known: {', '.join(abc_check.REPAIRS)}")
-    sampling = sampling_from(g)
-    if g.get("threads"):
-        torch.set_num_threads(int(g.threads))
-
+    settings = GenerationSettings.from_config(cfg.generate)
     model, path = load_model(cfg)
-    labels = requested_labels(g, model.vocabulary.labels, num_tunes)
-    prompt = normalise_prompt(g.get("prompt"))
+    labels = requested_labels(settings.region, model.vocabulary.labels, settings.num_tunes)
     log.info("model %s: %s, labels %s", path, model.vocabulary, ", ".join(model.vocabulary.labels))
-    candidates = int(g.get("candidates") or 1)
-    header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
-    form = tune_form(g)
-    guard = bar_guard(g, model, header_defaults, form=form)
-    results, every, out = write_tunes(
-        model, labels, prompt, length_for(length, form), sampling, int(cfg.seed), candidates, fixes, header_defaults,
-        quantize=bool(g.quantize), guard=guard,
-    )
+    guard = settings.guard(model)
+    results, every, out = write_tunes(model, labels, settings, int(cfg.seed), guard=guard)
     chars_per_s = out.num_chars / max(out.seconds, 1e-9)
     log.info(
         "generated %d tunes, %d characters in %.3f s (%.0f chars/s, %s)",
-        len(every), out.num_chars, out.seconds, chars_per_s, "int8" if g.quantize else "float32",
+        len(every), out.num_chars, out.seconds, chars_per_s, "int8" if settings.quantize else "float32",
     )
     if guard is not None:
         log.info(guard.describe())
@@ -310,7 +338,7 @@ def run(cfg: DictConfig) -> dict:
             "title": r.title,
             "label": r.label,
             "abc": r.abc,
-            "chars": len(r.raw) - len(prompt),
+            "chars": len(r.raw) - len(settings.prompt),
             "bars": r.bars,
             "ended": r.ended,
             "header_fixes": r.header_fixes,
@@ -320,9 +348,8 @@ def run(cfg: DictConfig) -> dict:
         for r in results
     ]
     start = time.perf_counter()
-    index = render.render_tunes(
-        tunes, out_dir, formats=formats, soundfont=g.get("soundfont"), sample_rate=int(g.get("sample_rate", 22050))
-    )
+    formats = list(settings.render)
+    index = render.render_tunes(tunes, out_dir, formats=formats, soundfont=settings.soundfont, sample_rate=settings.sample_rate)
     render_s = time.perf_counter() - start
     if set(formats) & set(render.AUDIO) and index["audio"].startswith("no audio"):
         log.info(index["audio"])
@@ -336,11 +363,11 @@ def run(cfg: DictConfig) -> dict:
         ])
     log.info("\n%s", table(rows, ["tune", "chars", "bars", "ended", "parses", "bars ok", "repairs", "files", "failed"]))
     summary = summarise(results)
-    if candidates > 1:
+    if settings.candidates > 1:
         raw = summarise(every)
-        summary |= {"candidates": candidates, "raw_parse_share": raw["parse_share"], "raw_bars_consistent_share": raw["bars_consistent_share"]}
+        summary |= {"candidates": settings.candidates, "raw_parse_share": raw["parse_share"], "raw_bars_consistent_share": raw["bars_consistent_share"]}
         log.info("best of %d candidates per tune; over all %d candidates: parse %.0f%%, bars consistent %.0f%%",
-                 candidates, len(every), 100 * raw["parse_share"], 100 * raw["bars_consistent_share"])
+                 settings.candidates, len(every), 100 * raw["parse_share"], 100 * raw["bars_consistent_share"])
     log.info(
         "parse %.0f%%, bars consistent %.0f%%, repaired %.0f%%; files in %s (index.html)",
         100 * summary["parse_share"], 100 * summary["bars_consistent_share"], 100 * summary["repaired_share"], out_dir,
@@ -353,7 +380,7 @@ def run(cfg: DictConfig) -> dict:
         "chars_per_second": chars_per_s,
         "render_seconds": render_s,
         "render_failures": failures,
-        "quantized": bool(g.quantize),
+        "quantized": settings.quantize,
         **(guard.stats() if guard is not None else {}),
         "checkpoint": str(path),
         "index": str(Path(out_dir) / "index.html"),

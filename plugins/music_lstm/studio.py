@@ -15,8 +15,9 @@ The page (``static/studio.html``) and scripts use one API (OpenAPI at /docs):
 - ``GET /api/tunes/{id}/{file}``, ``GET /api/gallery`` (this session's tunes, kept in the run
   directory's index.json), ``POST /api/prompt`` (an uploaded .abc file as a prompt).
 
-Decoding is the generate mode's (:func:`plugins.music_lstm.generate.write_tunes`, bar-aware, with
-``bars``/``form``); one request decodes at a time, on ``generate.threads`` threads.
+Decoding is the generate mode's (:func:`plugins.music_lstm.generate.write_tunes` with the generate
+section's :class:`~plugins.music_lstm.generate.GenerationSettings`, a request's in place of some;
+bar-aware, with ``bars``/``form``); one request decodes at a time, on ``torch_threads.serve`` threads.
 """
 
 from __future__ import annotations
@@ -75,18 +76,21 @@ class Studio:
 
     def __init__(self, cfg: DictConfig, model, checkpoint: Path | None, out_dir: Path, missing: str | None = None):
         from plugins.music_lstm.decoding import StepModel
+        from plugins.music_lstm.generate import GenerationSettings
 
         self.cfg, self.model, self.checkpoint, self.missing = cfg, model, checkpoint, missing
         self.serve = cfg.serve
+        # A request sets sampling, length, shape and prompt; one draw per tune (the page shows it as
+        # it is written), the files are serve.render's.
+        self.settings = GenerationSettings.from_config(cfg.generate, candidates=1, render=list(cfg.serve.render))
         self.out_dir = Path(out_dir)
         self.tunes_dir = self.out_dir / "tunes"
         self.tunes_dir.mkdir(parents=True, exist_ok=True)
-        self.step_model = StepModel(model, quantize=bool(cfg.generate.quantize)) if model is not None else None
+        self.step_model = StepModel(model, quantize=self.settings.quantize) if model is not None else None
         self.lock = threading.Lock()  # one decoding at a time: a small LSTM step is latency-bound
         self.gallery: list[dict] = []
         self.index_path = self.out_dir / "index.json"
-        g = cfg.generate
-        self.header_defaults = OmegaConf.to_container(g.header_defaults) if g.get("header_defaults") else None
+        self.header_defaults = self.settings.header_defaults
         self.svg = render.SvgRenderer()
 
     # ---- settings -> a job ----------------------------------------------------------------------
@@ -107,7 +111,8 @@ class Studio:
 
     def job(self, s: TuneSettings) -> dict:
         """Check the settings against the model and the limits; ApiError (4xx) names what is wrong."""
-        from plugins.music_lstm.generate import length_for, normalise_prompt, requested_labels, tune_form
+        from plugins.music_lstm.decoding import Sampling
+        from plugins.music_lstm.generate import normalise_prompt, requested_labels, tune_form
 
         if self.model is None:
             raise ApiError(503, f"{self.missing}")
@@ -119,8 +124,8 @@ class Studio:
             raise ApiError(422, f"the prompt has {len(s.prompt)} characters; the model's limit is "
                                 f"{self.serve.max_prompt_chars} (serve.max_prompt_chars)")
         try:
-            labels = requested_labels({"region": s.region}, self.model.vocabulary.labels, s.num_tunes)
-            form = tune_form({"bars": s.bars, "form": s.form})
+            labels = requested_labels(s.region, self.model.vocabulary.labels, s.num_tunes)
+            form = tune_form(s.form, s.bars)
         except UserError as e:
             raise ApiError(422, str(e)) from None
         prompt = normalise_prompt(header_prompt(s) + s.prompt)
@@ -128,32 +133,22 @@ class Studio:
         if missing:
             raise ApiError(422, f"the prompt has characters the model does not know: {''.join(sorted(missing))!r}")
         seed = s.seed if s.seed is not None else random.randrange(2**31)
-        settings = s.model_dump() | {"seed": seed}
-        return {"labels": labels, "form": form, "prompt": prompt, "length": length_for(s.length, form), "seed": seed,
-                "settings": settings}
+        generation = self.settings.replace(
+            num_tunes=s.num_tunes, length=s.length, form=form, prompt=prompt,
+            sampling=Sampling(temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p)),
+        )
+        return {"labels": labels, "generation": generation, "seed": seed, "settings": s.model_dump() | {"seed": seed}}
 
     # ---- writing ----------------------------------------------------------------------------------
     def write(self, job: dict, listener=None, on_written=None) -> list[dict]:
         """Decode, check, render and keep the tunes of one job; ``listener`` hears every bar."""
-        from plugins.music_lstm.decoding import Sampling
-        from plugins.music_lstm.generate import bar_guard, write_tunes
+        from plugins.music_lstm.generate import write_tunes
 
-        g = self.cfg.generate
-        s = job["settings"]
-        sampling = Sampling(temperature=float(s["temperature"]), top_k=int(s["top_k"]), top_p=float(s["top_p"]))
-        section = {"bar_guard": g.bar_guard, "min_bars": g.min_bars}
+        settings, s = job["generation"], job["settings"]
         with self.lock:
-            guard = bar_guard(section, self.model, self.header_defaults, listener=listener, form=job["form"])
-            if g.get("threads"):
-                import torch
-
-                torch.set_num_threads(int(g.threads))
+            guard = settings.guard(self.model, listener=listener)
             start = time.perf_counter()
-            results, _, _ = write_tunes(
-                self.model, job["labels"], job["prompt"], job["length"], sampling, job["seed"],
-                fixes=list(g.get("repair") or []), header_defaults=self.header_defaults,
-                step_model=self.step_model, guard=guard,
-            )
+            results, _, _ = write_tunes(self.model, job["labels"], settings, job["seed"], step_model=self.step_model, guard=guard)
             seconds = time.perf_counter() - start
             first = len(self.gallery) + 1
             tunes = []
@@ -168,10 +163,9 @@ class Studio:
             if on_written is not None:
                 for i, tune in enumerate(tunes):
                     on_written(i, tune)
-            formats = list(self.serve.render)
             index = render.render_tunes(
-                tunes, self.tunes_dir, formats=formats, soundfont=g.get("soundfont"),
-                sample_rate=int(g.get("sample_rate", 22050)), write_index=False, svg=self.svg,
+                tunes, self.tunes_dir, formats=list(settings.render), soundfont=settings.soundfont,
+                sample_rate=settings.sample_rate, write_index=False, svg=self.svg,
             )
             kept = []
             for tune, entry in zip(tunes, index["tunes"]):
@@ -184,7 +178,7 @@ class Studio:
 
     def _save_gallery(self) -> None:
         tmp = self.index_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"tunes": self.gallery, "audio": render.audio_tools(self.cfg.generate.get("soundfont"))[2]
+        tmp.write_text(json.dumps({"tunes": self.gallery, "audio": render.audio_tools(self.settings.soundfont)[2]
                                    or "fluidsynth"}, indent=1))
         tmp.replace(self.index_path)
 
