@@ -186,7 +186,12 @@ def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, 
             "budget_false_alerts_per_day": float(false_alerts_per_day), "met_budget": bool(within),
             "validation": {k: v for k, v in best.items() if k not in ("probability", "consecutive")},
             "validation_series": len(series),
-            "validation_clean_hours": sum(float((s.label == 0).sum()) for s in series) / 3600}
+            "validation_clean_hours": clean_hours(series)}
+
+
+def clean_hours(series: list[Series]) -> float:
+    """Hours of clean air (label 0) in ``series``, which are on the 1 Hz grid."""
+    return sum(float((s.label == 0).sum()) for s in series) / 3600
 
 
 def calibration_series(val: list[Series], train: list[Series], min_clean_hours: float, seed: int = 0) -> list[Series]:
@@ -196,14 +201,11 @@ def calibration_series(val: list[Series], train: list[Series], min_clean_hours: 
     shared field data's: 1.5 h, where no threshold showed a false alert and the test day had dozens).
     The training series are in-sample for the models, so their false alerts are if anything too few:
     they add evidence, not a guarantee."""
-    def clean_hours(ss):
-        return sum(float((s.label == 0).sum()) for s in ss) / 3600
-
     chosen = list(val)
-    if clean_hours(chosen) >= min_clean_hours:
-        return chosen
+    hours = clean_hours(chosen)
     for i in np.random.default_rng(seed).permutation(len(train)):
-        chosen.append(train[i])
-        if clean_hours(chosen) >= min_clean_hours:
+        if hours >= min_clean_hours:
             break
+        chosen.append(train[i])
+        hours += clean_hours([train[i]])
     return chosen

@@ -24,7 +24,7 @@ from plugins.gasleak_lstm_svm.data import GasDataModule, Windows, hard_ends
 from plugins.gasleak_lstm_svm.bundle import find_detector, save_bundle
 from plugins.gasleak_lstm_svm.estimators import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
                                                  ThresholdDetector)
-from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, series_probabilities
+from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, clean_hours, series_probabilities
 from plugins.gasleak_lstm_svm.service.alerts import rules_from_config
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     # a fixed alerts.consecutive is not calibrated
     counts = [rules.consecutive] if cfg.alerts.get("consecutive") is not None else ccfg.get("consecutive")
     series = calibration_series(dm.series("val"), dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
-    clean_h = sum(float((s.label == 0).sum()) for s in series) / 3600
+    clean_h = clean_hours(series)
     log.info("calibrating on %d series (%d validation), %.1f h of clean air", len(series), len(dm.series("val")), clean_h)
     members = ([svm] if svm is not None else []) + ([detector] if detector is not svm else []) + baselines
     for det in members:
