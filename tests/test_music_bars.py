@@ -33,6 +33,8 @@ def test_note_length_suffixes(spec, expected):
         ("]1 ABcd:", Fr(1, 8), Fr(1, 2)),  # rest of the opening barline, ending number, ':' of ':|'
         ("ABCD EFGA", Fr(1, 16), Fr(1, 2)),
         ("A2 [L:1/16] BB", Fr(1, 8), Fr(3, 8)),  # an inline field changes the unit from there on
+        ("AB\nL:1/4\ncd", Fr(1, 8), Fr(3, 4)),  # ... and so does a field line inside the bar
+        ("AB\n+:x\ncd", Fr(1, 8), Fr(1, 2)),  # a continuation line is a field line, not notes
     ],
 )
 def test_bar_length_reads_abc(text, unit, expected):

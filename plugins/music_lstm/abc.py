@@ -31,7 +31,7 @@ _QUOTED = re.compile(r'"[^"\n]*"')
 # A chord symbol starts with a note name (or is "N.C."); anything else in quotes is an
 # annotation: ^above _below <left >right @free text, or fingering/words.
 _CHORD_SYMBOL = re.compile(r'^"(?:[A-Ga-g][#b\u266f\u266d]?[^"]*|N\.?C\.?|\([A-G][^"]*\))"$')
-_INLINE_FIELD = re.compile(r"\[([A-Za-z]):([^\]\n]*)\]")
+INLINE_FIELD = re.compile(r"\[([A-Za-z]):([^\]\n]*)\]")
 _NOTE = re.compile(r"[A-Ga-gz]")
 
 
@@ -179,7 +179,7 @@ def clean_tune(
             raise SkipTune("missing K:")
         if "[V:" in line and not allow_multivoice:
             raise SkipTune("multi-voice")
-        line = _INLINE_FIELD.sub(lambda m: m.group(0) if m.group(1) in keep_body_fields else "", line)
+        line = INLINE_FIELD.sub(lambda m: m.group(0) if m.group(1) in keep_body_fields else "", line)
         line = _clean_body_line(line, strip_annotations, strip_chord_symbols, strip_decorations)
         if line:
             body.append(line)

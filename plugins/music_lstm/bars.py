@@ -20,22 +20,23 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from plugins.music_lstm.abc import INLINE_FIELD, field_line
 from plugins.music_lstm.abc_check import DEFAULT_HEADER, split_header
 
 # One token of a bar's text. Order matters: strings, decorations, graces and inline fields are
-# skipped whole before anything inside them is read as a note.
+# skipped whole before anything inside them is read as a note. Field lines and inline fields are
+# recognised by abc.py's lexer (field_line, INLINE_FIELD), the one definition of both.
 _TOKEN = re.compile(
     r"""
-    (?P<fieldline>^[A-Za-z]:[^\n|:][^\n]*)
-  | (?P<skip>"[^"]*"|![^!\n]*!|\+[^+\n]*\+|\{[^}]*\}|[\s\-)~.HLMOPSTuvy`'\\]|\((?![2-9]))
-  | (?P<field>\[[A-Za-z]:[^\]]*\])
+    (?P<skip>"[^"]*"|![^!\n]*!|\+[^+\n]*\+|\{[^}]*\}|[\s\-)~.HLMOPSTuvy`'\\]|\((?![2-9]))
+  | (?P<field>""" + INLINE_FIELD.pattern + r""")
   | (?P<tuplet>\((?P<p>[2-9])(?::(?P<q>[2-9]?))?(?::(?P<r>[2-9]?))?)
   | (?P<chord>\[(?P<inner>[^\]\[|]*)\])(?P<clen>[0-9]*(?:/+[0-9]*)*)
   | (?P<note>[=^_]*[A-Ga-gzx][,']*)(?P<len>[0-9]*(?:/+[0-9]*)*)
   | (?P<broken>[<>]{1,3})
   | (?P<bars>[ZX])(?P<zlen>[0-9]*)
     """,
-    re.VERBOSE | re.MULTILINE,
+    re.VERBOSE,
 )
 # What a bar's text may start with: the rest of the barline that opened it (``|]``, ``||``,
 # ``|:``), and an ending number (``|1``, ``:|2``, ``[1``, ``[2,3``).
@@ -99,6 +100,14 @@ class Bar:
     whole_bars: int = 0  # a multi-bar rest Z/X: how many bars it stands for
 
 
+def _set_field(fields: dict[str, str], name: str, value: str, unit: Fraction) -> Fraction:
+    """Record a field set inside a bar; returns the unit note length from here on."""
+    if name == "+":  # a continuation line adds to the field before it, which a bar never needs
+        return unit
+    fields[name] = value.strip()
+    return unit_length(value) or unit if name == "L" else unit
+
+
 def bar_length(text: str, unit: Fraction, compound: bool = False) -> Bar:
     """Read one bar's body text (without its closing barline) at unit note length ``unit``."""
     text = _LEAD.sub("", text, count=1)
@@ -111,6 +120,14 @@ def bar_length(text: str, unit: Fraction, compound: bool = False) -> Bar:
     whole_bars = 0
     pos = 0
     while pos < len(text):
+        if pos == 0 or text[pos - 1] == "\n":  # a field line (M:, L:, K: ...) inside the bar's text
+            end = text.find("\n", pos)
+            end = len(text) if end < 0 else end
+            line = field_line(text[pos:end])
+            if line is not None:
+                pos = end
+                unit = _set_field(fields, line.group(1), line.group(2), unit)
+                continue
         m = _TOKEN.match(text, pos)
         if m is None:
             if text[pos] in ":|[]":
@@ -120,12 +137,9 @@ def bar_length(text: str, unit: Fraction, compound: bool = False) -> Bar:
         pos = m.end()
         if m.group("skip") is not None:
             continue
-        if m.group("field") is not None or m.group("fieldline") is not None:
-            body = (m.group("field") or m.group("fieldline")).strip().strip("[]")
-            name, _, value = body.partition(":")
-            fields[name] = value.strip()
-            if name == "L" and unit_length(value):
-                unit = unit_length(value)
+        if m.group("field") is not None:
+            inline = INLINE_FIELD.fullmatch(m.group("field"))
+            unit = _set_field(fields, inline.group(1), inline.group(2), unit)
             continue
         if m.group("tuplet") is not None:
             p = int(m.group("p"))
