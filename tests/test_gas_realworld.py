@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import last_json_line
+from framework.errors import UserError
 from plugins.gasleak_lstm_svm.data import Series, Windows, label_runs
 from plugins.gasleak_lstm_svm.estimators import RiseDetector, SVMDetector
 from plugins.gasleak_lstm_svm.features import InputSpec
 from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, replay_series, score_alerts, series_probabilities, summarise
 from plugins.gasleak_lstm_svm.service.alerts import AlertRules
 from plugins.gasleak_lstm_svm.simulator import LeakEvent, simulate_series
+from plugins.gasleak_lstm_svm.train import cross_fitted
 
 
 def sim_series(seconds: int, seed: int, leaks, scale: float = 1.0, sid: str = "s") -> Series:
@@ -216,6 +218,32 @@ def test_calibration_pools_training_series_until_enough_clean_air():
     assert len(calibration_series(val, train, 100.0)) == 6  # all there is
 
 
+def test_pooled_training_series_are_scored_by_detectors_fitted_without_them():
+    train = [Series(f"t{i}", np.zeros((60, 3), np.float32), np.zeros(60, np.int8), np.arange(60.0)) for i in range(7)]
+    pooled = [train[i] for i in (5, 0, 3, 6, 2)]  # the calibration's order; t1 and t4 are not pooled
+    fits = []
+
+    def fit(series):
+        fits.append({s.series_id for s in series})
+        return [f"fit {len(fits)}"]
+
+    scorers = cross_fitted(train, pooled, 3, fit)
+    assert len(fits) == 3 and set(scorers) == {id(s) for s in pooled}
+    for s in pooled:
+        fitted_on = fits[int(scorers[id(s)][0].split()[1]) - 1]
+        assert s.series_id not in fitted_on  # out of fold
+        assert {"t1", "t4"} <= fitted_on  # series not pooled always train
+    assert all(len(f) == 7 - len(pooled[i::3]) for i, f in enumerate(fits))
+    assert cross_fitted(train, pooled[:1], 3, fit) == {} and cross_fitted(train, pooled, 0, fit) == {}
+
+    def one_class(series):  # a fold left with one class is scored in-sample, not dropped
+        if "t5" not in {s.series_id for s in series}:
+            raise UserError("the training data has only no-leak windows; the SVM needs both")
+        return ["ok"]
+    partial = cross_fitted(train, pooled, 3, one_class)
+    assert id(train[5]) not in partial and id(train[6]) not in partial and id(train[0]) in partial
+
+
 def test_evaluate_tolerance_and_release_scoring():
     n = 3000
     label = np.zeros(n, np.int8)
@@ -277,6 +305,8 @@ def test_fine_tune_a_bundle_on_a_sites_recordings(run_cli, outputs, tmp_path):
     manifest = json.loads((second / "manifest.json").read_text())
     assert manifest["detectors"]["lstm_svm"]["operating_point"]["calibrated"]  # recalibrated on the site's data
     assert metrics["lstm_svm/alert_probability"] == manifest["detectors"]["lstm_svm"]["operating_point"]["probability"]
+    # the site's 3 training recordings are pooled into calibration, each scored out of fold
+    assert metrics["calibration_cross_fit_folds"] == 3
     # a bundle without an LSTM cannot be fine-tuned: one line
     run_cli("task=gasleak", "train", "model=svm", *TINY)
     svm_run = Path(json.loads((outputs / "gasleak" / "runs.json").read_text())["latest_train"]["run_dir"])

@@ -88,45 +88,56 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     s = dcfg.svm
     # the pure SVM takes detector.svm with detector.pure_svm's keys on top (its own training sample)
     pure = OmegaConf.merge(s, dcfg.get("pure_svm") or {})
-    train_ws = dm.windows("train", stride=s.stride)
-
-    def draw(c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x, base, y = svm_training_set(train_ws, c.max_samples, c.hard_fraction, cfg.seed, c.get("positive_fraction"),
-                                      dm.hard_before)
-        if len(np.unique(y)) < 2:
-            raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
-        log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
-        return x, base, y
-
-    def svm_kwargs(c) -> dict:
-        return dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv)
-
     xv, bv, yv = dm.windows("val", stride=s.val_stride).arrays()
     metrics: dict = {}
-
-    def report(name: str, det, y):
-        val = _scores(det, xv, bv, yv)
-        print(f"{det.status}: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows", flush=True)
-        metrics.update({f"{name}/val_accuracy": val["accuracy"], f"{name}/val_f1": val["f1"], **_sample_metrics(name, y)})
-
     want_baselines = dcfg.get("baselines", True)  # the simple detectors every evaluation compares against
-    # one sample serves the pure SVM and the baselines
-    pure_sample = draw(pure) if kind == "svm" or dcfg.fallback_svm or want_baselines else None
-    svm = None
-    if kind == "svm" or dcfg.fallback_svm:
-        x, base, y = pure_sample
-        svm = SVMDetector(**svm_kwargs(pure), spec=dm.spec).fit(x, y, base)
-        report("svm", svm, y)
-    detector = svm
-    if kind == "lstm_svm":
-        x, base, y = draw(s)
-        # its inputs are the encoder's: dm.spec, or the checkpoint's when fine-tuning (adopt_checkpoint)
-        detector = LSTMSVMDetector(encoder, fallback=svm, encoder_checkpoint=best, **svm_kwargs(s)).fit(x, y, base)
-        report("lstm_svm", detector, y)
-    baselines = []
-    if want_baselines:
-        x, base, y = pure_sample
-        baselines = [LogisticDetector(spec=dm.spec).fit(x, y, base), RiseDetector(spec=dm.spec).fit(x, y, base)]
+
+    def fit_members(train_series: list, quiet: bool = False) -> list:
+        """Every stage-2 detector fitted on windows of ``train_series``: the pure SVM (when asked for
+        or kept as the fallback), the LSTM+SVM, the baselines. One sample serves the pure SVM and the
+        baselines; the LSTM+SVM draws its own (detector.svm)."""
+        ws = Windows(train_series, dm.window, s.stride, spec=dm.spec)
+
+        def draw(c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x, base, y = svm_training_set(ws, c.max_samples, c.hard_fraction, cfg.seed, c.get("positive_fraction"),
+                                          dm.hard_before)
+            if len(np.unique(y)) < 2:
+                raise UserError(f"the training data has only {'leak' if y[0] else 'no-leak'} windows; the SVM needs both")
+            if not quiet:
+                log.info("stage 2: an SVM sample of %d windows (%.1f%% leak)", len(y), 100 * y.mean())
+            return x, base, y
+
+        def report(name: str, det, y):
+            if quiet:
+                return
+            val = _scores(det, xv, bv, yv)
+            print(f"{det.status}: validation accuracy {val['accuracy']:.4f}, F1 {val['f1']:.4f} on {len(yv)} windows",
+                  flush=True)
+            metrics.update({f"{name}/val_accuracy": val["accuracy"], f"{name}/val_f1": val["f1"],
+                            **_sample_metrics(name, y)})
+
+        svm_kwargs = lambda c: dict(C=c.C, gamma=c.gamma, kernel=c.kernel, cv=c.calibration_cv)  # noqa: E731
+        pure_sample = draw(pure) if kind == "svm" or dcfg.fallback_svm or want_baselines else None
+        svm = None
+        if kind == "svm" or dcfg.fallback_svm:
+            x, base, y = pure_sample
+            svm = SVMDetector(**svm_kwargs(pure), spec=dm.spec).fit(x, y, base)
+            report("svm", svm, y)
+        members = [svm] if svm is not None else []
+        if kind == "lstm_svm":
+            x, base, y = draw(s)
+            # its inputs are the encoder's: dm.spec, or the checkpoint's when fine-tuning (adopt_checkpoint)
+            detector = LSTMSVMDetector(encoder, fallback=svm, encoder_checkpoint=best, **svm_kwargs(s)).fit(x, y, base)
+            report("lstm_svm", detector, y)
+            members.append(detector)
+        if want_baselines:
+            x, base, y = pure_sample
+            members += [LogisticDetector(spec=dm.spec).fit(x, y, base), RiseDetector(spec=dm.spec).fit(x, y, base)]
+        return members
+
+    members = fit_members(dm.series("train"))
+    detector = next(d for d in members if d.kind == kind)
+    baselines = [d for d in members if d.kind in ("logistic", "rise")]
     metrics["svm_fit_seconds"] = round(time.monotonic() - started, 2)
 
     # operating points: each detector's alert threshold, chosen on the validation series
@@ -136,12 +147,17 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     ccfg = cfg.alerts.get("calibration") or {}
     # a fixed alerts.consecutive is not calibrated
     counts = [rules.consecutive] if cfg.alerts.get("consecutive") is not None else ccfg.get("consecutive")
-    series = calibration_series(dm.series("val"), dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
+    val = dm.series("val")
+    series = calibration_series(val, dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
     clean_h = clean_hours(series)
-    log.info("calibrating on %d series (%d validation), %.1f h of clean air", len(series), len(dm.series("val")), clean_h)
-    members = ([svm] if svm is not None else []) + ([detector] if detector is not svm else []) + baselines
-    for det in members:
-        probs = [series_probabilities(det, v) for v in series]
+    log.info("calibrating on %d series (%d validation), %.1f h of clean air", len(series), len(val), clean_h)
+    # A training series scored by detectors fitted on it shows fewer false alerts than new air would:
+    # each pooled one is scored by copies fitted without it (alerts.calibration.cross_fit folds).
+    scorers = cross_fitted(dm.series("train"), series[len(val):], int(ccfg.get("cross_fit", 0)),
+                           lambda train: fit_members(train, quiet=True))
+    metrics["calibration_cross_fit_folds"] = len({id(m) for m in scorers.values()})
+    for j, det in enumerate(members):
+        probs = [series_probabilities(scorers[id(v)][j] if id(v) in scorers else det, v) for v in series]
         det.operating_point = calibrate(series, probs, rules, budget, float(cfg.evaluate.tolerance_s),
                                         float(cfg.evaluate.grace_s), consecutive=counts)
         op = det.operating_point
@@ -152,6 +168,27 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
         metrics[f"{det.kind}/alert_consecutive"] = op["consecutive"]
     metrics["calibration_seconds"] = round(time.monotonic() - started, 2)
     return detector, baselines, metrics
+
+
+def cross_fitted(train: list, pooled: list, folds: int, fit) -> dict[int, list]:
+    """Out-of-fold scorers for the training series pooled into calibration: ``pooled`` is dealt into
+    ``folds`` folds (in its given order), ``fit(series)`` is called once per fold with every training
+    series outside that fold, and each pooled series maps (by ``id``) to what the fit of its fold
+    returned. Empty when there are fewer than two pooled series or folds, and for a fold whose
+    remaining series cannot be fitted (one class only): those series keep the full detectors."""
+    folds = min(folds, len(pooled))
+    if folds < 2:
+        return {}
+    out: dict[int, list] = {}
+    for f in range(folds):
+        held = {id(v) for v in pooled[f::folds]}
+        try:
+            fitted = fit([t for t in train if id(t) not in held])
+        except UserError as e:
+            log.warning("calibration fold %d of %d not cross-fitted (%s): its series are scored in-sample", f + 1, folds, e)
+            continue
+        out |= {i: fitted for i in held}
+    return out
 
 
 def run(cfg: DictConfig) -> dict:
