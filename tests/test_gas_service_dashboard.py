@@ -95,6 +95,18 @@ def test_dashboard_shows_sensors_charts_alerts_and_acknowledges(live_service, tm
             page.wait_for_selector(f"tr[data-alert-id='{alert_id}'] .acked", timeout=10_000)
             assert pipeline.storage.alert(alert_id)["acknowledged"] is True
             page.screenshot(path=str(tmp_path / "dashboard-acknowledged.png"), full_page=True)
+            # a silenced sensor says so on its card, and its alerts are marked in the list
+            pipeline.silence("node-3", time.time() + 3600)
+            page.wait_for_selector(".card[data-sensor='node-3'] .silenced", timeout=10_000)
+            assert "silenced until" in page.locator(".card[data-sensor='node-3']").inner_text()
+            assert page.locator(".card[data-sensor='node-1'] .silenced").count() == 0
+            pipeline.silence("node-1", time.time() + 3600)
+            burst = simulate_series(30, seed=9, leaks=[LeakEvent(5.0, 6.0, "burst", 1500.0)], hard_negatives=False)
+            start = time.time() + 1  # after node-1's history, within the pipeline's allowance for clock skew
+            pipeline.ingest([Reading(sensor_id="node-1", timestamp=start + k, gas_concentration=float(burst["gas_concentration"][k]),
+                                     temperature=20.0, humidity=40.0) for k in range(30)], "demo")
+            assert pipeline.drain(20)
+            page.wait_for_selector("tr[data-level='danger']:has-text('node-1') .silenced", timeout=10_000)
             assert not errors, errors
         finally:
             browser.close()

@@ -111,6 +111,12 @@ function renderSensor(s) {
   if (s.threshold_rule && s.threshold_rule.startsWith("inactive")) {
     entry.values.append(el("span", {class: "rule-off", title: s.threshold_rule}, "ppm rule inactive"));
   }
+  // silenced through the API (POST /api/sensors/{id}/silence): alerts still show, notifications do not go out
+  entry.root.dataset.silencedUntil = s.silenced_until == null ? "" : String(s.silenced_until);
+  if (s.silenced_until != null) {
+    entry.values.append(el("span", {class: "silenced", title: "notifications held back; alerts are still recorded"},
+      `silenced until ${fmtTime(s.silenced_until)}`));
+  }
 }
 
 async function refreshStatus() {
@@ -179,7 +185,8 @@ async function refreshAlerts() {
         : el("button", {class: "ack", "data-ack": a.id}, "Acknowledge");
       if (!a.acknowledged) action.addEventListener("click", () => acknowledge(a.id, action));
       return el("tr", {class: a.open ? "open" : "closed", "data-alert-id": a.id, "data-level": a.level},
-        el("td", {}, String(a.id)), el("td", {}, el("span", {class: `level ${a.level}`}, a.level)),
+        el("td", {}, String(a.id)),
+        el("td", {}, el("span", {class: `level ${a.level}`}, a.level), a.silenced ? el("span", {class: "silenced"}, " silenced") : ""),
         el("td", {}, a.sensor_id), el("td", {title: "what fired it"}, `${a.kind} (${a.causes.join(" + ")})`), el("td", {}, fmtTime(a.start)),
         el("td", {}, a.open ? "open" : fmtTime(a.end)), el("td", {}, fmt(a.peak_ppm)),
         el("td", {}, fmt(a.peak_probability, 2)), el("td", {}, a.message), el("td", {}, action));
