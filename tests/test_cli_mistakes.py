@@ -56,3 +56,13 @@ def test_a_mistake_is_one_line_and_leaves_no_run(run_cli, outputs, hostile_ckpt,
     assert not (outputs / task / "runs.json").exists() or "latest" not in json.loads((outputs / task / "runs.json").read_text())
     left = [p for p in (outputs / task).rglob("*") if p.is_file() and p.name != "runs.json"] if (outputs / task).exists() else []
     assert not left, left
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    import subprocess
+    import sys
+
+    # `python -m framework list | true`: the reader is gone before list writes
+    proc = subprocess.run(["bash", "-c", f"'{sys.executable}' -m framework list | true"],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
