@@ -248,13 +248,11 @@ def post_silence(sensor_id: SensorIdPath, body: SilenceIn, pipeline: PipelineDep
     now = pipeline.clock()
     until = to_epoch(body.until) if body.until is not None else now + body.duration_s
     field = "until" if body.until is not None else "duration_s"
-    if until <= now:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", field),
-                                       "msg": f"the silence would end {now - until:.0f} s in the past"}])
-    if until - now > settings.max_silence_s:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", field),
-                                       "msg": f"a silence ends at most {settings.max_silence_s / 3600:g} h from now "
-                                              "(alerts.max_silence_hours)"}])
+    bad = (f"the silence would end {now - until:.0f} s in the past" if until <= now else
+           f"a silence ends at most {settings.max_silence_s / 3600:g} h from now (alerts.max_silence_hours)"
+           if until - now > settings.max_silence_s else None)
+    if bad:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": bad}])
     return _silence_out(pipeline.silence(sensor_id, until, body.reason))
 
 
