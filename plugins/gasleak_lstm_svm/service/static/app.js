@@ -112,7 +112,6 @@ function renderSensor(s) {
     entry.values.append(el("span", {class: "rule-off", title: s.threshold_rule}, "ppm rule inactive"));
   }
   // silenced through the API (POST /api/sensors/{id}/silence): alerts still show, notifications do not go out
-  entry.root.dataset.silencedUntil = s.silenced_until == null ? "" : String(s.silenced_until);
   if (s.silenced_until != null) {
     entry.values.append(el("span", {class: "silenced", title: "notifications held back; alerts are still recorded"},
       `silenced until ${fmtTime(s.silenced_until)}`));
