@@ -242,6 +242,30 @@ def catch_up(url: str, limit_s: float = 120) -> dict:
     return dict(st, catch_up_s=time.perf_counter() - t0)
 
 
+def server_side(url: str) -> None:
+    """Where the server's time went, from its own /metrics histograms (the whole run, warm-up included):
+    a slow commit holds back every acknowledgement of its group; a slow detection round, alerts."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {"gasleak_storage_commit_seconds": "commits", "gasleak_detector_round_seconds": "detection rounds",
+             "gasleak_ingest_latency_seconds": "ingest calls (validated to committed)"}
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name not in names:
+            continue
+        buckets: dict[float, float] = {}
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+        total = buckets.get(float("inf"), 0.0)
+        if not total:
+            continue
+        over = ", ".join(f"> {1000 * le:g} ms {100 * (1 - buckets[le] / total):.2f} %"
+                         for le in sorted(buckets) if le in (0.005, 0.01, 0.02, 0.05, 0.1))
+        print(f"server: {names[family.name]}: {total:.0f}; {over}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="250,500,1000", help="requests per second, one reading each, comma-separated")
@@ -338,6 +362,7 @@ def main() -> None:
             print(f"MQTT  {m['published']} QoS-1 messages from 20 sensors: {m['msgs_per_s']:.0f} msgs/s "
                   f"stored end to end ({m['stored']} stored in {m['elapsed_s']:.1f} s)", flush=True)
             catch_up(url)
+        server_side(url)
     finally:
         stop_service(proc)
         if broker is not None:

@@ -58,6 +58,23 @@ def test_baseline_comes_from_before_the_window_and_stays_on_clean_air():
     assert np.allclose(spec.baselines_for_series(signal, [59, 100])[0], spec.baseline_of_history(signal[:60]))
 
 
+def test_a_sensors_buffer_gives_its_new_windows_baselines_in_one_go():
+    """The service's batched baselines (the last ``count`` windows of a buffer that holds only the
+    newest samples) equal evaluate's rolling ones: early windows, the settling minutes, whole spans."""
+    spec = InputSpec(window=20, baseline_s=50)
+    rng = np.random.default_rng(3)
+    n = 400
+    signal = np.column_stack([2 + rng.gamma(2.0, 0.3, n), 15 + rng.normal(0, 0.2, n).cumsum(),
+                              60 + rng.normal(0, 0.5, n)])
+    expected = spec.baselines_for_series(signal, np.arange(19, n))
+    assert np.allclose(spec.baselines_of_history(signal, n - 19), expected)
+    for end in (19, 35, 38, 39, 40, 69, 70, 71, 250, 399):
+        count = 7 if end >= 25 else 1
+        buffer = signal[max(0, end + 1 - spec.history - count + 1): end + 1]
+        got = spec.baselines_of_history(buffer, count, since_reset=end + 1)
+        assert np.allclose(got, expected[end - 19 - count + 1: end - 19 + 1]), end
+
+
 def _small_svm(spec: InputSpec, seed: int = 7) -> SVMDetector:
     train = [sim_series(3000, seed, [LeakEvent(1500, 1501, "seep", 250)]),
              sim_series(3000, seed + 1, [LeakEvent(900, 901, "burst", 200)], scale=0.05)]
@@ -117,6 +134,36 @@ def test_live_pipeline_gives_evaluates_probabilities_and_alerts(tmp_path):
     assert np.allclose(online[~np.isnan(online)], offline[~np.isnan(offline)], atol=1e-6)
     _, live = storage.alerts(kind="leak", limit=1000)
     assert sorted(a["start_ts"] - t0 for a in live) == sorted(a["start_ts"] for a in expected)
+    storage.close()
+
+
+def test_live_pipeline_splits_a_sensor_at_a_gap_inside_one_round(tmp_path):
+    """A gap of more than serve.max_gap_s restarts the sensor's windows and baseline, also when the
+    readings on both sides arrive in one detection round: the probabilities of evaluate on the two
+    pieces as series of their own."""
+    from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+    from plugins.gasleak_lstm_svm.service.schemas import Reading
+    from plugins.gasleak_lstm_svm.service.storage import Storage
+
+    spec = InputSpec(window=60, baseline_s=300)
+    det = _small_svm(spec)
+    rec = sim_series(1500, 11, [LeakEvent(500, 501, "seep", 200)])
+    pieces = [Series("a", rec.signal[:700], rec.label[:700], rec.time[:700]),
+              Series("b", rec.signal[700:], rec.label[700:], rec.time[700:] + 120.0)]  # 2 minutes of silence
+    offline = np.concatenate([series_probabilities(det, piece) for piece in pieces])
+    storage = Storage(tmp_path / "gas.sqlite")
+    pipeline = Pipeline(det, storage, AlertRules(probability=0.6), max_gap_s=10.0)
+    t0 = 1_700_000_000.0
+    pipeline.clock = lambda: t0 + 3000
+    readings = [Reading(sensor_id="rec", timestamp=t0 + float(t), gas_concentration=float(g), temperature=float(c),
+                        humidity=float(h)) for piece in pieces for t, (g, c, h) in zip(piece.time, piece.signal)]
+    for i in range(0, len(readings), 250):  # the round of readings 500..749 spans the gap
+        pipeline.ingest(readings[i : i + 250], "test")
+        pipeline.process_pending()
+    online = np.array([np.nan if r["probability"] is None else r["probability"]
+                       for r in storage.readings(sensor_id="rec", limit=10_000)])
+    assert np.array_equal(np.isnan(online), np.isnan(offline)) and np.isnan(online[700:759]).all()
+    assert np.allclose(online[~np.isnan(online)], offline[~np.isnan(offline)], atol=1e-6)
     storage.close()
 
 

@@ -69,6 +69,45 @@ def test_ingest_shapes_and_reads_back(svc):
     assert iso["timestamp"] == pytest.approx(1767268800.0) and iso["time"].startswith("2026-01-01T12:00:00")
 
 
+def test_fast_ingest_answers_as_the_route_does(tmp_path, monkeypatch):
+    """The same requests to a service with the fast ingest path and to one without it (the FastAPI
+    route alone): the same status codes and bodies, and the same readings stored. The fast path is
+    taken for the well-formed ones and leaves the rest to the route."""
+    from plugins.gasleak_lstm_svm.service import app as app_module
+
+    taken = []
+    plain = app_module.FastIngest._plain
+    monkeypatch.setattr(app_module.FastIngest, "_plain",
+                        lambda self, scope, body: taken.append(plain(self, scope, body)[0] is not None) or plain(self, scope, body))
+    services = [Service(tmp_path / f"gas{i}.sqlite", token=TOKEN, max_batch=3) for i in range(2)]
+    route_only = services[1].client.app
+    route_only.user_middleware = [m for m in route_only.user_middleware if m.cls is not app_module.FastIngest]
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    t0 = time.time() - 100
+    requests = [  # (json or raw body, headers)
+        (reading("a", t0), auth), (reading("a", t0), auth),  # the second is a duplicate
+        ([reading("a", t0 + 1), reading("b", t0 + 1)], auth), ({"readings": [reading("c", t0 + 2)]}, auth),
+        (reading("d", "2026-01-01T12:00:00Z"), {**auth, "content-type": "application/json; charset=utf-8"}),
+        (reading("a", time.time() + 7200), auth),  # refused by the pipeline: in the future
+        (reading("a", t0 + 3), {}), (reading("a", t0 + 3, gas=-1), auth), ([reading("e", t0)] * 4, auth),
+        ({"readings": [], "x": 1}, auth), ([], auth), (b"{", {**auth, "content-type": "application/json"}),
+        (b"[1]", {**auth, "content-type": "text/plain"}),
+    ]
+    answers = [[], []]
+    for svc, out in zip(services, answers):
+        for body, headers in requests:
+            kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+            r = svc.client.post("/api/sensor/readings", headers=headers, **kwargs)
+            out.append((r.status_code, r.json()))
+    for fast, route in zip(*answers):
+        assert fast == route
+    assert [code for code, _ in answers[0]] == [201, 201, 201, 201, 201, 422, 401, 422, 422, 422, 422, 400, 422]
+    assert taken[:5] == [True] * 5 and not any(taken[6:])  # the route answered every refused request
+    assert services[0].count() == services[1].count() == 5
+    for svc in services:
+        svc.close()
+
+
 def test_sensor_data_filters(svc):
     c = svc.client
     t0 = 1_700_000_000.0

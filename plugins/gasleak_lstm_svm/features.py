@@ -24,8 +24,8 @@ sensor's units; these inputs are the same for all of them:
   while gas was released (the shared field recordings), a model learns the weather, not the gas.
 
 The same code serves training, evaluation (``baselines_for_series``: rolling statistics over a
-whole series) and the live service (``baseline_of_history``: one window at a time from a sensor's
-buffer); a test checks that the two agree on a recorded series.
+whole series) and the live service (``baselines_of_history``: a round's new windows of one sensor
+from its buffer); a test checks that the two agree on a recorded series.
 """
 
 from __future__ import annotations
@@ -42,6 +42,16 @@ IQR_TO_SIGMA = 1.349
 REL_FLOOR = 0.01     # spread >= 1 % of the baseline
 ABS_FLOOR = 1e-3     # ... and >= 0.001 ppm (a baseline of 0)
 REL_UNIT = 0.05      # the relative rise is linear below 5 % of the baseline, logarithmic above
+
+
+def _quantile(ordered: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile of each row of sorted ``ordered``, interpolated linearly between the two
+    nearest ranks as ``np.quantile`` does (the same values, to rounding)."""
+    pos = q * (ordered.shape[1] - 1)
+    lo = int(np.floor(pos))
+    hi, t = min(lo + 1, ordered.shape[1] - 1), pos - lo
+    below, above = ordered[:, lo], ordered[:, hi]
+    return below + (above - below) * t
 
 
 @dataclass(frozen=True)
@@ -96,24 +106,63 @@ class InputSpec:
                            gas.quantile(0.75).to_numpy()[at], roll[1].median().to_numpy()[at],
                            roll[2].median().to_numpy()[at], gas.quantile(HIGH_QUANTILE).to_numpy()[at])
 
-    def baseline_of_history(self, history: np.ndarray) -> np.ndarray:
-        """(5,) baseline of the newest window of ``history``: (n, 3) samples since the sensor's last
-        reset (the newest last; n >= window; only the last ``history`` samples are needed)."""
+    def baselines_of_history(self, history: np.ndarray, count: int = 1, since_reset: int | None = None) -> np.ndarray:
+        """(count, 5) baselines of the newest ``count`` windows of ``history``: (n, 3) samples of one
+        sensor, the newest last. ``since_reset`` counts the samples since the sensor's last reset up
+        to the newest (default n: ``history`` starts at the reset); a sensor's buffer need only hold
+        the last ``self.history + count - 1`` of them."""
         h = np.asarray(history, dtype=np.float64)
-        n, w = len(h), self.window
-        # n counts samples since the reset only while they all fit the buffer; beyond that the
-        # buffer holds exactly the baseline span and the window
-        span = h[max(0, n - w - self.baseline_s): n - w] if n - w >= w else h[:w]
-        gas = span[:, 0]
-        q, q25, q75, qh = np.quantile(gas, [self.quantile, 0.25, 0.75, HIGH_QUANTILE])
-        return self._stats(q, q25, q75, np.median(span[:, 1]), np.median(span[:, 2]), qh)
+        return self.baselines_of_histories([(h, count, len(h) if since_reset is None else since_reset)])
+
+    def baselines_of_histories(self, segments: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
+        """``baselines_of_history`` of many sensors at once: ``(history, count, since_reset)`` each,
+        their rows one after the other. The whole baseline spans of all of them are sorted in one
+        call (per-call overhead, not arithmetic, is what a live round pays for); the short ones of a
+        sensor's first minutes one by one."""
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        w, b = self.window, self.baseline_s
+        out = np.empty((sum(count for _, count, _ in segments), N_BASE))
+        spans, rows, row = [], [], 0
+        for history, count, since_reset in segments:
+            n = len(history)
+            if since_reset - count + 1 >= w + b:  # every window has a whole span before it: the usual case
+                lo = n - count + 1 - w - b
+                spans.append(history[None, lo: lo + b].transpose(0, 2, 1) if count == 1  # (count, 3, b), views
+                             else sliding_window_view(history[lo: n - w], b, axis=0))
+                rows.append(np.arange(row, row + count))
+                row += count
+                continue
+            ends = np.arange(n - count, n)              # each window's newest sample
+            seen = int(since_reset) - (n - 1 - ends)    # samples since the reset up to it
+            first = ends + 1 - seen                     # where the reset is (only read when it is in history)
+            settled = seen - w >= w                     # a window's worth of samples precedes the window
+            lo = np.where(settled, np.maximum(first, ends + 1 - w - b), first)
+            hi = np.where(settled, ends + 1 - w, first + w)  # early on: the first window's samples
+            for j in range(count):
+                out[row + j] = self._stats_of_spans(history[None, lo[j]:hi[j]].transpose(0, 2, 1))[0]
+            row += count
+        if spans:
+            out[np.concatenate(rows)] = self._stats_of_spans(np.concatenate(spans))
+        return out
+
+    def _stats_of_spans(self, spans: np.ndarray) -> np.ndarray:
+        """(m, 5) baselines of ``spans`` (m, 3, length): quantiles as ``np.quantile``'s default
+        (linear), read off one sort (numpy's vectorised sort beats its partition-based quantile)."""
+        ordered = np.sort(spans, axis=2)
+        gas, temp, hum = ordered[:, 0], ordered[:, 1], ordered[:, 2]
+        return self._stats(_quantile(gas, self.quantile), _quantile(gas, 0.25), _quantile(gas, 0.75),
+                           _quantile(temp, 0.5), _quantile(hum, 0.5), _quantile(gas, HIGH_QUANTILE))
+
+    def baseline_of_history(self, history: np.ndarray) -> np.ndarray:
+        """(5,) baseline of the newest window of ``history`` ((n, 3) samples since the sensor's
+        reset, or their last ``self.history``; n >= window)."""
+        return self.baselines_of_history(history, 1)[0]
 
     def baseline_of_window(self, windows: np.ndarray) -> np.ndarray:
         """Baselines when a window comes with no history: taken over the window itself (its series'
         first window). Used when a caller passes bare windows."""
-        x = np.asarray(windows, dtype=np.float64)
-        q, q25, q75, qh = np.quantile(x[:, :, 0], [self.quantile, 0.25, 0.75, HIGH_QUANTILE], axis=1)
-        return self._stats(q, q25, q75, np.median(x[:, :, 1], axis=1), np.median(x[:, :, 2], axis=1), qh)
+        return self._stats_of_spans(np.asarray(windows, dtype=np.float64).transpose(0, 2, 1))
 
     # ---- inputs ----------------------------------------------------------------------------------
     def transform(self, windows: np.ndarray, base: np.ndarray) -> np.ndarray:

@@ -3,10 +3,11 @@
 ``ingest`` is what HTTP, MQTT and the simulated nodes call. It validates, commits the readings
 to SQLite and only then returns (that return is the sender's acknowledgement), and queues them
 for detection. A detection thread scores the queued readings in rounds: per sensor it keeps the
-last ``baseline_s + window`` samples (the detector's ``features.InputSpec``: each window is seen
-relative to the clean-air baseline of the minutes before it, computed here exactly as training
-and evaluate compute it), scores every new full window (stride 1, batched across sensors in one
-``predict_proba`` call), and feeds reading + probability to the alert engine in time order. So a
+last ``baseline_s + window`` samples in an array (the detector's ``features.InputSpec``: each
+window is seen relative to the clean-air baseline of the minutes before it, computed here exactly
+as training and evaluate compute it), cuts a round's new windows of a sensor and their baselines in
+one go, scores every new full window (stride 1, batched across sensors in one ``predict_proba``
+call), and feeds reading + probability to the alert engine in time order. So a
 slow detector delays alerts but never an acknowledgement; if it falls more than
 ``max_windows_per_round`` windows behind on a sensor, the older windows of that round go unscored
 (and are counted, and logged once).
@@ -26,8 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,7 +44,10 @@ class IngestError(ValueError):
 
 @dataclass
 class _Sensor:
-    buffer: deque               # the last InputSpec.history samples since the last gap
+    history: np.ndarray         # (<= InputSpec.history, 3): its newest samples since the last gap
+    since_reset: int = 0        # samples since the last gap (the baseline's early rule needs it)
+    fresh: list = field(default_factory=list)  # this round's samples, not yet in history
+    fresh_windows: int = 0      # how many of them end a full window
     last_ts: float | None = None
     last_seen: float | None = None     # server clock, for the offline rule
     latest: tuple | None = None        # (id, row, source) of its newest reading
@@ -52,6 +55,33 @@ class _Sensor:
     baseline_ppm: float | None = None  # clean-air baseline of its newest window
     received: int = 0
     out_of_order: int = 0
+
+
+class Cut:
+    """A round's windows, cut sensor by sensor, and their baselines computed all at once."""
+
+    def __init__(self):
+        self.windows: list[np.ndarray] = []
+        self.segments: list[tuple[np.ndarray, int, int]] = []
+        self.newest: list[tuple[_Sensor, int]] = []  # each sensor's newest window, for its baseline_ppm
+        self.size = 0
+
+    def add(self, sensor: _Sensor, history: np.ndarray, count: int, window: int) -> int:
+        """The newest ``count`` windows of ``history``; returns the index of the first."""
+        newest = np.arange(len(history) - count, len(history))
+        self.windows.append(history[newest[:, None] + np.arange(1 - window, 1)].astype(np.float32))
+        self.segments.append((history, count, sensor.since_reset))
+        first, self.size = self.size, self.size + count
+        self.newest.append((sensor, self.size - 1))
+        return first
+
+    def arrays(self, spec) -> tuple[np.ndarray, np.ndarray]:
+        if not self.windows:
+            return np.zeros((0, spec.window, 3), np.float32), np.zeros((0, 5))
+        bases = spec.baselines_of_histories(self.segments)
+        for sensor, row in self.newest:
+            sensor.baseline_ppm = float(bases[row, 0])
+        return np.concatenate(self.windows), bases
 
 
 class Pipeline:
@@ -152,7 +182,7 @@ class Pipeline:
 
     def _sensor(self, sensor_id: str) -> _Sensor:
         if sensor_id not in self.sensors:
-            self.sensors[sensor_id] = _Sensor(deque(maxlen=self.spec.history))
+            self.sensors[sensor_id] = _Sensor(np.empty((0, 3)))
         return self.sensors[sensor_id]
 
     def pending(self) -> int:
@@ -207,9 +237,9 @@ class Pipeline:
             return 0
         t0 = time.perf_counter()
         batch.sort(key=lambda r: (r[1], r[2], r[0]))  # per sensor, in time order
-        windows, bases = [], []
-        plan = []  # (batch index, index of the window it ends or None, in time order)
-        per_sensor_new: dict[str, list[int]] = {}
+        cut = Cut()
+        plan = []  # (batch index, index of the window it ends or None, in order), in time order
+        ends_of: dict[str, list[int]] = {}  # per sensor, the plan entries that end a window
         for i, (rid, sid, ts, gas, temp, hum) in enumerate(batch):
             sensor = self._sensor(sid)
             if sensor.last_ts is not None and ts <= sensor.last_ts:
@@ -217,22 +247,22 @@ class Pipeline:
                 plan.append((i, None, False))
                 continue
             if sensor.last_ts is not None and ts - sensor.last_ts > self.max_gap_s:
-                sensor.buffer.clear()  # a window must not span a gap
+                self._windows_of_fresh(sensor, plan, ends_of.get(sid, []), cut)
+                sensor.history, sensor.since_reset = sensor.history[:0], 0  # a window must not span a gap
                 self.engine.reset_window(sid)
             sensor.last_ts = ts
-            sensor.buffer.append((gas, temp, hum))
-            if len(sensor.buffer) >= self.window:
-                per_sensor_new.setdefault(sid, []).append(len(plan))
-                history = np.asarray(sensor.buffer, dtype=np.float64)
-                windows.append(history[-self.window:].astype(np.float32))
-                bases.append(self.spec.baseline_of_history(history))
-                sensor.baseline_ppm = float(bases[-1][0])
-                plan.append((i, len(windows) - 1, True))
-            else:
-                plan.append((i, None, True))
+            sensor.fresh.append((gas, temp, hum))
+            sensor.since_reset += 1
+            if sensor.since_reset >= self.window:
+                sensor.fresh_windows += 1
+                ends_of.setdefault(sid, []).append(len(plan))
+            plan.append((i, None, True))
+        for sid in {row[1] for row in batch}:
+            self._windows_of_fresh(self.sensors[sid], plan, ends_of.get(sid, []), cut)
+        windows, bases = cut.arrays(self.spec)
         # falling behind: only the newest windows of each sensor get scored this round
         keep = np.ones(len(windows), dtype=bool)
-        for sid, plan_idx in per_sensor_new.items():
+        for sid, plan_idx in ends_of.items():
             if len(plan_idx) > self.max_windows_per_round:
                 for p in plan_idx[: -self.max_windows_per_round]:
                     keep[plan[p][1]] = False
@@ -246,8 +276,7 @@ class Pipeline:
                             "per round (skipped counts are in /api/status)", self.max_windows_per_round)
         probs = np.full(len(windows), np.nan)
         if keep.any():
-            probs[keep] = self._score(np.stack([w for w, k in zip(windows, keep) if k]),
-                                      np.stack([b for b, k in zip(bases, keep) if k]))
+            probs[keep] = self._score(windows[keep], bases[keep])
         scores, changed, notify = [], {}, []
         status = self.detector.status
         for i, w, in_order in plan:
@@ -274,6 +303,20 @@ class Pipeline:
             if not self._pending:
                 self._idle.set()
         return len(batch)
+
+    def _windows_of_fresh(self, sensor: _Sensor, plan: list, ends: list[int], cut: "Cut") -> None:
+        """Move the sensor's fresh samples into its history and cut the windows they end into
+        ``cut``, numbering them in ``plan``. ``ends`` lists the plan entries of this sensor that end
+        a window, the newest last (those of an earlier stretch already numbered)."""
+        if not sensor.fresh:
+            return
+        history = np.concatenate([sensor.history, np.asarray(sensor.fresh, dtype=np.float64)])
+        count, sensor.fresh, sensor.fresh_windows = sensor.fresh_windows, [], 0
+        if count:
+            first = cut.add(sensor, history, count, self.window)
+            for j, p in enumerate(ends[len(ends) - count:]):
+                plan[p] = (plan[p][0], first + j, True)
+        sensor.history = history[-self.spec.history:]
 
     def _score(self, windows: np.ndarray, bases: np.ndarray) -> np.ndarray:
         try:
@@ -399,7 +442,7 @@ class Pipeline:
             for sid, s in items:
                 state = self.engine.state(sid) or "normal"
                 silence = self._silences.get(sid)
-                if state == "normal" and len(s.buffer) < self.window:
+                if state == "normal" and s.since_reset < self.window:
                     state = "warming_up"
                 views.append({"sensor_id": sid, "state": state, "latest": _reading_dict(*s.latest) if s.latest else None,
                               "probability": s.probability, "last_seen": s.last_seen, "readings": s.received,
