@@ -3,6 +3,7 @@ docs, and the server's lifecycle."""
 
 from __future__ import annotations
 
+import gc
 import re
 
 import httpx
@@ -45,6 +46,8 @@ def test_an_app_with_offline_docs_and_a_guarded_endpoint_served_until_closed():
         assert c.post("/write", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.post("/write", headers={"Authorization": f"Bearer {'t' * 20}"}).json() == {"ok": True}
         url = server.url
+        assert gc.get_freeze_count() > 0  # what was loaded before serving is out of the collector's way
+    assert gc.get_freeze_count() == 0  # ... and back in it once the server is closed
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/docs", timeout=2)  # closed: nothing listens any more
     assert server.stopped_by == "duration elapsed"
