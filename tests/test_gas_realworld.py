@@ -61,18 +61,41 @@ def test_baseline_comes_from_before_the_window_and_stays_on_clean_air():
 def test_a_sensors_buffer_gives_its_new_windows_baselines_in_one_go():
     """The service's batched baselines (the last ``count`` windows of a buffer that holds only the
     newest samples) equal evaluate's rolling ones: early windows, the settling minutes, whole spans."""
-    spec = InputSpec(window=20, baseline_s=50)
     rng = np.random.default_rng(3)
     n = 400
     signal = np.column_stack([2 + rng.gamma(2.0, 0.3, n), 15 + rng.normal(0, 0.2, n).cumsum(),
                               60 + rng.normal(0, 0.5, n)])
-    expected = spec.baselines_for_series(signal, np.arange(19, n))
-    assert np.allclose(spec.baselines_of_history(signal, n - 19), expected)
-    for end in (19, 35, 38, 39, 40, 69, 70, 71, 250, 399):
-        count = 7 if end >= 25 else 1
-        buffer = signal[max(0, end + 1 - spec.history - count + 1): end + 1]
-        got = spec.baselines_of_history(buffer, count, since_reset=end + 1)
-        assert np.allclose(got, expected[end - 19 - count + 1: end - 19 + 1]), end
+    for spread in ("iqr", "lower"):
+        spec = InputSpec(window=20, baseline_s=50, spread=spread)
+        expected = spec.baselines_for_series(signal, np.arange(19, n))
+        assert np.allclose(spec.baselines_of_history(signal, n - 19), expected)
+        for end in (19, 35, 38, 39, 40, 69, 70, 71, 250, 399):
+            count = 7 if end >= 25 else 1
+            buffer = signal[max(0, end + 1 - spec.history - count + 1): end + 1]
+            got = spec.baselines_of_history(buffer, count, since_reset=end + 1)
+            assert np.allclose(got, expected[end - 19 - count + 1: end - 19 + 1]), (spread, end)
+
+
+def test_the_lower_spread_stays_on_clean_air_noise_while_a_plume_fills_the_span():
+    """Minutes into a release the plume fills part of the baseline span: the inter-quartile range
+    then measures the plume, not the sensor's noise, and the rise in noise units collapses; the
+    lower spread (10 % to 30 % quantile) keeps the clean air's sigma until the plume fills most of it."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    gas = 2.0 + rng.normal(0, 0.05, n)
+    gas[1000:] += 10.0  # a steady release from t = 1000 s
+    signal = np.column_stack([gas, np.full(n, 15.0), np.full(n, 80.0)])
+    iqr, lower = InputSpec(), InputSpec(spread="lower")
+    assert iqr.spread == InputSpec.from_dict({"window": 60, "baseline_s": 600}).spread == "iqr"  # bundles before it
+    for fill in (0.1, 0.3, 0.5):  # the plume's share of the 600-s span before the window
+        end = 1000 + int(fill * 600) + 60
+        sigma_iqr = iqr.baselines_for_series(signal, [end])[0, 1]
+        sigma_lower = lower.baselines_for_series(signal, [end])[0, 1]
+        assert 0.03 < sigma_lower < 0.08, (fill, sigma_lower)  # the noise's 0.05
+        if fill >= 0.3:
+            assert sigma_iqr > 2.0, (fill, sigma_iqr)  # the plume's 10 ppm over 1.349
+    with pytest.raises(ValueError, match="spread"):
+        InputSpec(spread="mad")
 
 
 def _small_svm(spec: InputSpec, seed: int = 7) -> SVMDetector:

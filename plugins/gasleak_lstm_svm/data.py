@@ -364,7 +364,7 @@ class GasDataModule(TaskData, L.LightningDataModule):
 
     Subclasses implement ``load_series(split)``. Windows reach the model relative to their
     clean-air baseline (``features.InputSpec``: ``window``, ``baseline_s``, ``baseline_quantile``,
-    ``weather_inputs``);
+    ``baseline_spread``, ``weather_inputs``);
     the standardisation statistics of those inputs come from the training series only and reach
     the model through ``model_kwargs()``, so they are saved inside its checkpoint. Fine-tuning
     (``init_from=<bundle or checkpoint>``) keeps the checkpoint's inputs and statistics
@@ -374,12 +374,13 @@ class GasDataModule(TaskData, L.LightningDataModule):
     def __init__(self, window: int = WINDOW, train_stride: int = 10, val_stride: int = 30, eval_stride: int = 1,
                  batch_size: int = 32, num_workers: int = 0, baseline_s: int = 600, baseline_quantile: float = 0.1,
                  max_train_windows: int | None = None, hard_windows: bool = True, hard_before: int = 0, seed: int = 0,
-                 weather_inputs: bool = True):
+                 weather_inputs: bool = True, baseline_spread: str = "iqr"):
         super().__init__()
         self.window, self.train_stride, self.val_stride, self.eval_stride = window, train_stride, val_stride, eval_stride
         self.batch_size, self.num_workers = batch_size, num_workers
         try:
-            self.spec = InputSpec(window=window, baseline_s=baseline_s, quantile=baseline_quantile, weather=weather_inputs)
+            self.spec = InputSpec(window=window, baseline_s=baseline_s, quantile=baseline_quantile, weather=weather_inputs,
+                                  spread=baseline_spread)
         except ValueError as e:
             raise UserError(f"data: {e}") from None
         self._adopted: dict | None = None

@@ -31,6 +31,7 @@ from its buffer); a test checks that the two agree on a recorded series.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -39,6 +40,8 @@ N_INPUTS = 6    # rise (noise units), relative rise, Δ°C, Δ%RH, log level, ga
 N_BASE = 5      # baseline gas, spread, baseline °C, baseline %RH, high quantile of gas
 HIGH_QUANTILE = 0.9  # "gas seen in the last minutes": a plume that crossed the sensor 10 % of the time
 IQR_TO_SIGMA = 1.349
+SPREADS = ("iqr", "lower")
+LOWER_SPAN = 0.2     # spread "lower": from the baseline quantile to 0.2 above it
 REL_FLOOR = 0.01     # spread >= 1 % of the baseline
 ABS_FLOOR = 1e-3     # ... and >= 0.001 ppm (a baseline of 0)
 REL_UNIT = 0.05      # the relative rise is linear below 5 % of the baseline, logarithmic above
@@ -62,6 +65,7 @@ class InputSpec:
     baseline_s: int = 600
     quantile: float = 0.1
     weather: bool = True  # False: the models see no temperature or humidity (zeros in channels 2, 3)
+    spread: str = "iqr"   # the noise scale: "iqr" of the baseline span, or "lower" (below the plume)
 
     def __post_init__(self):
         if self.window < 2:
@@ -70,6 +74,20 @@ class InputSpec:
             raise ValueError(f"baseline_s ({self.baseline_s}) must be at least the window ({self.window})")
         if not 0.0 < self.quantile < 0.5:
             raise ValueError(f"baseline quantile must be in (0, 0.5), got {self.quantile}")
+        if self.spread not in SPREADS:
+            raise ValueError(f"baseline spread must be one of {', '.join(SPREADS)}, got {self.spread!r}")
+
+    @property
+    def spread_quantiles(self) -> tuple[float, float, float]:
+        """(low, high, sigmas between them) of the noise scale. "iqr": the quartiles, which a plume
+        reaches once it fills a quarter of the span (the scale balloons, the rise shrinks, minutes
+        into a release); "lower": the baseline quantile and 0.2 above it, reached only once a plume
+        fills most of the span."""
+        if self.spread == "iqr":
+            return 0.25, 0.75, IQR_TO_SIGMA
+        normal = NormalDist()
+        high = self.quantile + LOWER_SPAN
+        return self.quantile, high, normal.inv_cdf(high) - normal.inv_cdf(self.quantile)
 
     @property
     def history(self) -> int:
@@ -82,11 +100,13 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict | None) -> "InputSpec":
         d = d or {}
-        return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile", "weather") if k in d})
+        # a bundle saved before "spread" existed used the inter-quartile range (the dataclass default)
+        return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile", "weather", "spread") if k in d})
 
     # ---- baselines -------------------------------------------------------------------------------
-    def _stats(self, gas_q, q25, q75, temp, hum, q_high) -> np.ndarray:
-        spread = np.maximum((q75 - q25) / IQR_TO_SIGMA, np.maximum(REL_FLOOR * np.abs(gas_q), ABS_FLOOR))
+    def _stats(self, gas_q, spread_low, spread_high, temp, hum, q_high) -> np.ndarray:
+        sigmas = self.spread_quantiles[2]
+        spread = np.maximum((spread_high - spread_low) / sigmas, np.maximum(REL_FLOOR * np.abs(gas_q), ABS_FLOOR))
         return np.stack([gas_q, spread, temp, hum, q_high], axis=-1).astype(np.float64)
 
     def baselines_for_series(self, signal: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -102,8 +122,9 @@ class InputSpec:
         at = np.maximum(ends - w, w - 1)  # ... or, early in a series, covers its first w samples
         roll = frame.rolling(b, min_periods=1)
         gas = roll[0]
-        return self._stats(gas.quantile(self.quantile).to_numpy()[at], gas.quantile(0.25).to_numpy()[at],
-                           gas.quantile(0.75).to_numpy()[at], roll[1].median().to_numpy()[at],
+        low, high, _ = self.spread_quantiles
+        return self._stats(gas.quantile(self.quantile).to_numpy()[at], gas.quantile(low).to_numpy()[at],
+                           gas.quantile(high).to_numpy()[at], roll[1].median().to_numpy()[at],
                            roll[2].median().to_numpy()[at], gas.quantile(HIGH_QUANTILE).to_numpy()[at])
 
     def baselines_of_history(self, history: np.ndarray, count: int = 1, since_reset: int | None = None) -> np.ndarray:
@@ -151,7 +172,8 @@ class InputSpec:
         (linear), read off one sort (numpy's vectorised sort beats its partition-based quantile)."""
         ordered = np.sort(spans, axis=2)
         gas, temp, hum = ordered[:, 0], ordered[:, 1], ordered[:, 2]
-        return self._stats(_quantile(gas, self.quantile), _quantile(gas, 0.25), _quantile(gas, 0.75),
+        low, high, _ = self.spread_quantiles
+        return self._stats(_quantile(gas, self.quantile), _quantile(gas, low), _quantile(gas, high),
                            _quantile(temp, 0.5), _quantile(hum, 0.5), _quantile(gas, HIGH_QUANTILE))
 
     def baseline_of_history(self, history: np.ndarray) -> np.ndarray:
