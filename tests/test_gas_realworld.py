@@ -85,8 +85,9 @@ def test_the_lower_spread_stays_on_clean_air_noise_while_a_plume_fills_the_span(
     gas = 2.0 + rng.normal(0, 0.05, n)
     gas[1000:] += 10.0  # a steady release from t = 1000 s
     signal = np.column_stack([gas, np.full(n, 15.0), np.full(n, 80.0)])
-    iqr, lower = InputSpec(), InputSpec(spread="lower")
-    assert iqr.spread == InputSpec.from_dict({"window": 60, "baseline_s": 600}).spread == "iqr"  # bundles before it
+    iqr, lower = InputSpec(spread="iqr"), InputSpec()
+    assert lower.spread == "lower" and InputSpec.from_dict({"window": 60, "baseline_s": 600}).spread == "iqr"  # bundles before it
+    assert InputSpec.from_dict(lower.to_dict()) == lower
     for fill in (0.1, 0.3, 0.5):  # the plume's share of the 600-s span before the window
         end = 1000 + int(fill * 600) + 60
         sigma_iqr = iqr.baselines_for_series(signal, [end])[0, 1]

@@ -374,7 +374,7 @@ class GasDataModule(TaskData, L.LightningDataModule):
     def __init__(self, window: int = WINDOW, train_stride: int = 10, val_stride: int = 30, eval_stride: int = 1,
                  batch_size: int = 32, num_workers: int = 0, baseline_s: int = 600, baseline_quantile: float = 0.1,
                  max_train_windows: int | None = None, hard_windows: bool = True, hard_before: int = 0, seed: int = 0,
-                 weather_inputs: bool = True, baseline_spread: str = "iqr"):
+                 weather_inputs: bool = True, baseline_spread: str = "lower"):
         super().__init__()
         self.window, self.train_stride, self.val_stride, self.eval_stride = window, train_stride, val_stride, eval_stride
         self.batch_size, self.num_workers = batch_size, num_workers

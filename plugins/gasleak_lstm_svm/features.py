@@ -8,9 +8,13 @@ sensor's units; these inputs are the same for all of them:
 * the **baseline** of a window: the ``quantile`` (10 %) of the gas readings and the median
   temperature and humidity over the ``baseline_s`` samples (10 minutes) *before* the window, so
   the window itself never hides in its own baseline; a low quantile stays near clean air while a
-  plume comes and goes. The **spread** is the inter-quartile range of the same samples (/1.349,
-  the noise's sigma for Gaussian noise), floored at 1 % of the baseline: noise units differ per
-  sensor, and a perfectly flat signal must not divide by zero. While fewer than ``window`` samples
+  plume comes and goes. The **spread** (the noise scale) is the distance from that quantile to
+  the one 0.2 above it (10 % to 30 %), in units of the Gaussian's sigma, floored at 1 % of the
+  baseline: noise units differ per sensor, and a perfectly flat signal must not divide by zero.
+  A plume only ever adds gas, so these low quantiles stay on clean air until it fills most of
+  the span; the inter-quartile range (``spread="iqr"``, the bundles saved before the choice) starts
+  measuring the plume once it fills a quarter, and minutes into a steady release the rise in noise
+  units collapses. While fewer than ``window`` samples
   precede the window (a series' first minutes, or after a gap), the baseline is taken over the
   series' first ``window`` samples.
 * per sample of the window, six channels: the gas rise in noise units ``asinh((gas - base) /
@@ -65,7 +69,7 @@ class InputSpec:
     baseline_s: int = 600
     quantile: float = 0.1
     weather: bool = True  # False: the models see no temperature or humidity (zeros in channels 2, 3)
-    spread: str = "iqr"   # the noise scale: "iqr" of the baseline span, or "lower" (below the plume)
+    spread: str = "lower"  # the noise scale: "lower" quantiles of the baseline span (below a plume), or "iqr"
 
     def __post_init__(self):
         if self.window < 2:
@@ -100,8 +104,9 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict | None) -> "InputSpec":
         d = d or {}
-        # a bundle saved before "spread" existed used the inter-quartile range (the dataclass default)
-        return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile", "weather", "spread") if k in d})
+        # a bundle saved before "spread" existed used the inter-quartile range
+        return cls(**{k: d[k] for k in ("window", "baseline_s", "quantile", "weather") if k in d},
+                   spread=d.get("spread", "iqr"))
 
     # ---- baselines -------------------------------------------------------------------------------
     def _stats(self, gas_q, spread_low, spread_high, temp, hum, q_high) -> np.ndarray:
