@@ -56,14 +56,18 @@ def check_token(host: str, token: str | None, how: str) -> str | None:
     return token
 
 
+def bearer_ok(authorization: str, token: str | None) -> bool:
+    """Whether an ``Authorization`` header value carries ``Bearer <token>`` (any value when no token is set)."""
+    if not token:
+        return True
+    scheme, _, supplied = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
+
+
 def require_bearer(how: str):
     """A FastAPI dependency: with ``app.state.token`` set, the request needs ``Authorization: Bearer <token>``."""
     async def dependency(request: Request) -> None:  # async: no thread-pool hop for a header check
-        token = getattr(request.app.state, "token", None)
-        if not token:
-            return
-        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), token.encode()):
+        if not bearer_ok(request.headers.get("authorization", ""), getattr(request.app.state, "token", None)):
             raise HTTPException(401, f"this endpoint needs `Authorization: Bearer <token>` ({how})",
                                 headers={"WWW-Authenticate": "Bearer"})
 

@@ -9,7 +9,6 @@ for status) comes in as ``ServiceSettings``. Write endpoints (ingest, acknowledg
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import inspect
 import json
 import time
@@ -159,7 +158,15 @@ async def post_readings(payload: Annotated[Any, Body(include_in_schema=False)], 
     try:
         inserted = await pipeline.ingest_async(readings, "http")
     except IngestError as exc:
-        raise RequestValidationError([{"type": "value_error", "loc": prefix, "msg": str(exc)}])
+        raise _refused(exc, prefix)
+    return _ingest_result(inserted)
+
+
+def _refused(exc: IngestError, prefix: tuple) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": prefix, "msg": str(exc)}])
+
+
+def _ingest_result(inserted) -> IngestResult:
     return IngestResult(accepted=len(inserted.ids), ids=inserted.ids, duplicates=inserted.new.count(False))
 
 
@@ -324,11 +331,9 @@ class FastIngest:
         try:
             inserted = await self.pipeline.ingest_async(readings, "http")
         except IngestError as exc:
-            response = await _validation_error(None, RequestValidationError(
-                [{"type": "value_error", "loc": prefix, "msg": str(exc)}]))
+            response = await _validation_error(None, _refused(exc, prefix))
             return await response(scope, receive, send)
-        out = json.dumps({"accepted": len(inserted.ids), "ids": inserted.ids, "duplicates": inserted.new.count(False)},
-                         separators=(",", ":")).encode()
+        out = _ingest_result(inserted).model_dump_json().encode()
         await send({"type": "http.response.start", "status": 201,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
         await send({"type": "http.response.body", "body": out})
@@ -338,11 +343,8 @@ class FastIngest:
         headers = dict(scope["headers"])
         if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
             return None, ()
-        token = self.settings.token
-        if token:
-            scheme, _, supplied = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), token.encode()):
-                return None, ()
+        if not serving.bearer_ok(headers.get(b"authorization", b"").decode("latin-1"), self.settings.token):
+            return None, ()
         try:
             items, prefix, _ = _batch_of(json.loads(body), self.settings.max_batch)
             return _READINGS.validate_python(items), prefix
