@@ -12,7 +12,8 @@ and each latency is measured from its *scheduled* send time, so a server that st
 every request that should have left meanwhile (no coordinated omission). A pool of keep-alive
 connections (--connections) carries them; a request waiting for a free connection is waiting on the
 server. The client is a small asyncio HTTP/1.1 writer (no HTTP library), and its own CPU use is
-printed beside the server's, so a reader sees which side was the limit.
+printed beside the server's (the service and its scoring process), so a reader sees which side
+was the limit.
 
 Before the first phase of each kind every sensor gets --warmup readings (untimed), so that every
 timed reading ends a full window and the detector works at the rate of the load.
@@ -83,6 +84,18 @@ def stop_service(proc: subprocess.Popen) -> None:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def service_cpu(server: psutil.Process) -> float:
+    """CPU seconds of the service and its children (the scoring process) so far."""
+    total = 0.0
+    for p in [server, *server.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 class Clock:
@@ -329,12 +342,11 @@ def main() -> None:
                 acked += clock.sensors * args.warmup
             runs = []
             for _ in range(args.repeat):
-                s0 = server.cpu_times()
+                s0 = service_cpu(server)
                 before = httpx.get(url + "/api/status", timeout=10).json()["detection"]
                 h = asyncio.run(open_loop(host, int(port), rate, args.seconds, batch, clock, args.connections,
                                           url + "/api/status"))
-                s1 = server.cpu_times()
-                h["server_cpu"] = (s1.user + s1.system - s0.user - s0.system) / h["elapsed_s"]
+                h["server_cpu"] = (service_cpu(server) - s0) / h["elapsed_s"]
                 st = catch_up(url)
                 h["skipped"] = st["windows_skipped"] - before["windows_skipped"]
                 h["scored"] = st["windows_scored"] - before["windows_scored"]

@@ -4,6 +4,8 @@ alert engine replayed by evaluate, the calibrated operating point, baselines and
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,9 +129,11 @@ def test_weather_inputs_off_hides_temperature_and_humidity_and_is_kept_in_the_bu
     assert np.allclose(loaded.predict_proba(x, base), loaded.predict_proba(hotter, base))
 
 
-def test_live_pipeline_gives_evaluates_probabilities_and_alerts(tmp_path):
+@pytest.mark.parametrize("in_a_process", [False, True], ids=["in-process", "scoring-process"])
+def test_live_pipeline_gives_evaluates_probabilities_and_alerts(tmp_path, in_a_process):
     """A recorded series fed reading by reading through the service's pipeline: the same window
-    probabilities (online features = offline features) and the same alerts as evaluate's replay."""
+    probabilities (online features = offline features) and the same alerts as evaluate's replay,
+    whether the rounds are scored in the service's process or in a scoring process of their own."""
     from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
     from plugins.gasleak_lstm_svm.service.schemas import Reading
     from plugins.gasleak_lstm_svm.service.storage import Storage
@@ -144,6 +148,9 @@ def test_live_pipeline_gives_evaluates_probabilities_and_alerts(tmp_path):
 
     storage = Storage(tmp_path / "gas.sqlite")
     pipeline = Pipeline(det, storage, rules)
+    if in_a_process:
+        pipeline.start_scoring_process()
+        assert pipeline._scorer is not None and pipeline._scorer.pid != os.getpid()
     t0 = 1_700_000_000.0
     pipeline.clock = lambda: t0 + 3000
     readings = [Reading(sensor_id="rec", timestamp=t0 + float(t), gas_concentration=float(g), temperature=float(c),
@@ -151,6 +158,8 @@ def test_live_pipeline_gives_evaluates_probabilities_and_alerts(tmp_path):
     for i in range(0, len(readings), 97):  # uneven rounds, as readings arrive
         pipeline.ingest(readings[i : i + 97], "test")
         pipeline.process_pending()
+    pipeline.stop()
+    assert pipeline._scorer is None
     rows = storage.readings(sensor_id="rec", limit=10_000)
     online = np.array([np.nan if r["probability"] is None else r["probability"] for r in rows])
     assert len(online) == len(rec)
@@ -189,6 +198,72 @@ def test_live_pipeline_splits_a_sensor_at_a_gap_inside_one_round(tmp_path):
     assert np.array_equal(np.isnan(online), np.isnan(offline)) and np.isnan(online[700:759]).all()
     assert np.allclose(online[~np.isnan(online)], offline[~np.isnan(offline)], atol=1e-6)
     storage.close()
+
+
+def _fed(pipeline, rec: Series, t0: float, step: int) -> np.ndarray:
+    """Feed ``rec`` in rounds of ``step`` readings; its stored probabilities (NaN: none)."""
+    from plugins.gasleak_lstm_svm.service.schemas import Reading
+
+    readings = [Reading(sensor_id="rec", timestamp=t0 + float(t), gas_concentration=float(g), temperature=float(c),
+                        humidity=float(h)) for t, (g, c, h) in zip(rec.time, rec.signal)]
+    for i in range(0, len(readings), step):
+        pipeline.ingest(readings[i : i + step], "test")
+        pipeline.process_pending()
+    return np.array([np.nan if r["probability"] is None else r["probability"]
+                     for r in pipeline.storage.readings(sensor_id="rec", limit=10_000)])
+
+
+def test_a_scoring_process_that_dies_leaves_the_scoring_to_the_service(tmp_path, caplog):
+    from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+    from plugins.gasleak_lstm_svm.service.storage import Storage
+
+    spec = InputSpec(window=60, baseline_s=300)
+    det = _small_svm(spec)
+    rec = sim_series(900, 5, [LeakEvent(600, 601, "seep", 200)])
+    offline = series_probabilities(det, rec)
+    storage = Storage(tmp_path / "gas.sqlite")
+    pipeline = Pipeline(det, storage, AlertRules(probability=0.6))
+    pipeline.clock = lambda: 1_700_003_000.0
+    pipeline.start_scoring_process()
+    child = pipeline._scorer.pid
+    first = _fed(pipeline, Series("a", rec.signal[:450], rec.label[:450], rec.time[:450]), 1_700_000_000.0, 150)
+    os.kill(child, signal.SIGKILL)
+    online = _fed(pipeline, rec, 1_700_000_000.0, 150)  # the first 450 are stored already: duplicates
+    assert pipeline._scorer is None and "died" in caplog.text and pipeline.model_fallback_reason is None
+    assert np.array_equal(np.isnan(online), np.isnan(offline)) and np.array_equal(first, online[:450], equal_nan=True)
+    assert np.allclose(online[~np.isnan(online)], offline[~np.isnan(offline)], atol=1e-6)
+    pipeline.stop()
+    storage.close()
+
+
+def test_a_detector_behind_scores_only_the_newest_windows_and_counts_the_rest(tmp_path):
+    from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+    from plugins.gasleak_lstm_svm.service.storage import Storage
+
+    spec = InputSpec(window=60, baseline_s=300)
+    det = _small_svm(spec)
+    rec = sim_series(900, 6, [LeakEvent(500, 501, "seep", 200)])
+    offline = series_probabilities(det, rec)
+    storage = Storage(tmp_path / "gas.sqlite")
+    pipeline = Pipeline(det, storage, AlertRules(probability=0.6), max_windows_per_round=25)
+    pipeline.clock = lambda: 1_700_003_000.0
+    online = _fed(pipeline, rec, 1_700_000_000.0, 100)  # each round ends 100 windows (the first, 41)
+    ends = ~np.isnan(offline)
+    scored = ~np.isnan(online)
+    assert pipeline.stats["windows_skipped"] == ends.sum() - scored.sum() == ends.sum() - 25 * 9
+    for start in range(0, len(rec), 100):  # in each round, the newest 25 windows and only those
+        assert scored[start : start + 100].sum() == 25 and scored[start + 75 : start + 100].all()
+    assert np.allclose(online[scored], offline[scored], atol=1e-6)
+    storage.close()
+
+
+def test_the_scoring_process_setting():
+    from plugins.gasleak_lstm_svm.service.modes import _scoring_process
+
+    assert _scoring_process(True) is True and _scoring_process(False) is False
+    assert _scoring_process("auto") is ((os.cpu_count() or 1) >= 2)
+    with pytest.raises(UserError, match="serve.scoring_process takes true, false or auto"):
+        _scoring_process("maybe")
 
 
 def _constructed(days: int, seed: int) -> tuple[list[Series], list[np.ndarray]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from framework import UserError, runs, serving
+from framework.app import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,15 @@ def _check_ports(cfg: DictConfig) -> None:
             raise UserError(f"{key}={port}: a TCP port is 0 to 65535")
 
 
+def _scoring_process(setting) -> bool:
+    """serve.scoring_process: true, false, or auto (a process of its own when there is a core for it)."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() != "auto":
+        raise UserError(f"serve.scoring_process takes true, false or auto, not {setting!r}")
+    return (os.cpu_count() or 1) >= 2
+
+
 def _token(cfg: DictConfig) -> str | None:
     token = cfg.serve.get("token") or os.environ.get(TOKEN_ENV) or None
     return serving.check_token(str(cfg.serve.host), token, f"set {TOKEN_ENV} (or serve.token)")
@@ -129,7 +139,9 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
                         publish=bridge.publish_alert if bridge else None)
     pipeline = Pipeline(detector, storage, rules, notifier, max_future_s=sc.max_future_s, max_gap_s=sc.max_gap_s,
                         max_windows_per_round=sc.max_windows_per_round, interval_s=sc.detect_interval_s,
-                        prune_every_s=cfg.storage.prune_every_s, repeat_every_s=cfg.alerts.get("repeat_every_s"))
+                        prune_every_s=cfg.storage.prune_every_s, repeat_every_s=cfg.alerts.get("repeat_every_s"),
+                        scoring_process=_scoring_process(sc.get("scoring_process", "auto")),
+                        torch_threads=torch_threads(cfg.get("torch_threads"), cfg.mode))
     pipeline.detector_source = source
     if bridge is not None:
         bridge.on_readings = pipeline.ingest

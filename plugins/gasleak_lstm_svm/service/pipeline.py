@@ -34,6 +34,7 @@ import numpy as np
 from plugins.gasleak_lstm_svm.service.alerts import NOTIFY, AlertEngine, AlertRules
 from plugins.gasleak_lstm_svm.service.metrics import ServiceMetrics
 from plugins.gasleak_lstm_svm.service.schemas import Reading
+from plugins.gasleak_lstm_svm.service.scoring_process import ScoringProcess, ScoringProcessDied, score_segments
 from plugins.gasleak_lstm_svm.service.storage import Inserted, Storage
 
 log = logging.getLogger(__name__)
@@ -58,38 +59,32 @@ class _Sensor:
 
 
 class Cut:
-    """A round's windows, cut sensor by sensor, and their baselines computed all at once."""
+    """A round's windows to score, sensor by sensor: each sensor's history and how many of its
+    newest windows (``scoring_process.score_segments`` cuts them and their baselines all at once)."""
 
     def __init__(self):
-        self.windows: list[np.ndarray] = []
         self.segments: list[tuple[np.ndarray, int, int]] = []
         self.newest: list[tuple[_Sensor, int]] = []  # each sensor's newest window, for its baseline_ppm
         self.size = 0
 
-    def add(self, sensor: _Sensor, history: np.ndarray, count: int, window: int) -> int:
+    def add(self, sensor: _Sensor, history: np.ndarray, count: int) -> int:
         """The newest ``count`` windows of ``history``; returns the index of the first."""
-        newest = np.arange(len(history) - count, len(history))
-        self.windows.append(history[newest[:, None] + np.arange(1 - window, 1)].astype(np.float32))
         self.segments.append((history, count, sensor.since_reset))
         first, self.size = self.size, self.size + count
         self.newest.append((sensor, self.size - 1))
         return first
-
-    def arrays(self, spec) -> tuple[np.ndarray, np.ndarray]:
-        if not self.windows:
-            return np.zeros((0, spec.window, 3), np.float32), np.zeros((0, 5))
-        bases = spec.baselines_of_histories(self.segments)
-        for sensor, row in self.newest:
-            sensor.baseline_ppm = float(bases[row, 0])
-        return np.concatenate(self.windows), bases
 
 
 class Pipeline:
     def __init__(self, detector, storage: Storage, rules: AlertRules, notifier=None, *,
                  max_future_s: float = 300.0, max_gap_s: float = 10.0, max_windows_per_round: int = 256,
                  interval_s: float = 0.2, prune_every_s: float = 600.0, repeat_every_s: float | None = None,
-                 clock=time.time):
+                 scoring_process: bool = False, torch_threads: int | None = 1, clock=time.time):
         self.detector = detector
+        # the round's baselines and model in a process of their own (see scoring_process.py); started by start()
+        self.scoring_process = bool(scoring_process)
+        self.torch_threads = torch_threads
+        self._scorer: ScoringProcess | None = None
         self.storage = storage
         self.notifier = notifier
         self.spec = detector.spec
@@ -204,9 +199,19 @@ class Pipeline:
 
     # ---- detection (one thread) ------------------------------------------------------------------
     def start(self) -> "Pipeline":
+        if self.scoring_process:
+            self.start_scoring_process()
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
         self._thread.start()
         return self
+
+    def start_scoring_process(self) -> None:
+        """Score rounds in a process of their own from now on (``stop`` ends it)."""
+        if self._scorer is None:
+            try:
+                self._scorer = ScoringProcess(self.detector, self.torch_threads)
+            except Exception as exc:  # the service still runs, scoring in its own process
+                log.error("scoring process: %s; scoring in the service's process", exc)
 
     def _run(self) -> None:
         last_prune = self.clock()
@@ -259,24 +264,7 @@ class Pipeline:
             plan.append((i, None, True))
         for sid in {row[1] for row in batch}:
             self._windows_of_fresh(self.sensors[sid], plan, ends_of.get(sid, []), cut)
-        windows, bases = cut.arrays(self.spec)
-        # falling behind: only the newest windows of each sensor get scored this round
-        keep = np.ones(len(windows), dtype=bool)
-        for sid, plan_idx in ends_of.items():
-            if len(plan_idx) > self.max_windows_per_round:
-                for p in plan_idx[: -self.max_windows_per_round]:
-                    keep[plan[p][1]] = False
-        skipped = int((~keep).sum())
-        if skipped:
-            self.stats["windows_skipped"] += skipped
-            self.metrics.windows_skipped.inc(skipped)
-            if not self._behind_logged:
-                self._behind_logged = True
-                log.warning("detector is falling behind the readings: scoring only the newest %d windows per sensor "
-                            "per round (skipped counts are in /api/status)", self.max_windows_per_round)
-        probs = np.full(len(windows), np.nan)
-        if keep.any():
-            probs[keep] = self._score(windows[keep], bases[keep])
+        probs = self._score(cut)
         scores, changed, notify = [], {}, []
         status = self.detector.status
         for i, w, in_order in plan:
@@ -312,22 +300,52 @@ class Pipeline:
             return
         history = np.concatenate([sensor.history, np.asarray(sensor.fresh, dtype=np.float64)])
         count, sensor.fresh, sensor.fresh_windows = sensor.fresh_windows, [], 0
-        if count:
-            first = cut.add(sensor, history, count, self.window)
-            for j, p in enumerate(ends[len(ends) - count:]):
+        # falling behind: only the newest windows get scored (the older ones are not even cut)
+        scored = min(count, self.max_windows_per_round)
+        if count > scored:
+            self._skipped(count - scored)
+        if scored:
+            first = cut.add(sensor, history, scored)
+            for j, p in enumerate(ends[len(ends) - scored:]):
                 plan[p] = (plan[p][0], first + j, True)
         sensor.history = history[-self.spec.history:]
 
-    def _score(self, windows: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    def _skipped(self, n: int) -> None:
+        self.stats["windows_skipped"] += n
+        self.metrics.windows_skipped.inc(n)
+        if not self._behind_logged:
+            self._behind_logged = True
+            log.warning("detector is falling behind the readings: scoring only the newest %d windows per sensor "
+                        "per round (skipped counts are in /api/status)", self.max_windows_per_round)
+
+    def _score(self, cut: Cut) -> np.ndarray:
+        """The probabilities of the windows in ``cut`` (and each sensor's baseline_ppm)."""
         try:
-            return np.asarray(self.detector.predict_proba(windows, bases))[:, 1]
+            if self._scorer is not None:
+                try:
+                    bases, probs = self._scorer.score(cut.segments)
+                except ScoringProcessDied as exc:
+                    log.error("%s; scoring in the service's process from now on", exc)
+                    self._close_scorer()
+                    bases, probs = score_segments(self.detector, cut.segments)
+            else:
+                bases, probs = score_segments(self.detector, cut.segments)
         except Exception as exc:
             from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
 
             self.model_fallback_reason = f"{self.detector.status} failed at run time ({type(exc).__name__}: {exc}); using the threshold rule"
             log.error("detector: %s", self.model_fallback_reason)
             self.detector = ThresholdDetector(self.engine.rules.warning_ppm, self.engine.rules.danger_ppm, spec=self.spec)
-            return np.asarray(self.detector.predict_proba(windows))[:, 1]
+            self._close_scorer()  # the threshold rule is cheap: it runs here
+            bases, probs = score_segments(self.detector, cut.segments)
+        for sensor, row in cut.newest:
+            sensor.baseline_ppm = float(bases[row, 0])
+        return probs
+
+    def _close_scorer(self) -> None:
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            scorer.close()
 
     def check_offline(self) -> None:
         with self._lock:
@@ -424,6 +442,7 @@ class Pipeline:
                 self._wake.notify()
             self._thread.join(timeout)
             self._thread = None
+        self._close_scorer()
 
     # ---- views for the API ---------------------------------------------------------------------
     def model_status(self) -> dict:
