@@ -76,6 +76,13 @@ def test_a_sensors_buffer_gives_its_new_windows_baselines_in_one_go():
             buffer = signal[max(0, end + 1 - spec.history - count + 1): end + 1]
             got = spec.baselines_of_history(buffer, count, since_reset=end + 1)
             assert np.allclose(got, expected[end - 19 - count + 1: end - 19 + 1]), (spread, end)
+        # a round with a backlog on some sensors (rolling statistics) and a few windows on others (a sort each)
+        from plugins.gasleak_lstm_svm.features import ROLLING_MIN
+
+        counts = {150: ROLLING_MIN, 250: 3 * ROLLING_MIN, 330: ROLLING_MIN - 1, 399: 1, 200: 1}
+        segments = [(signal[end + 1 - spec.history - count + 1: end + 1], count, end + 1) for end, count in counts.items()]
+        want = np.concatenate([expected[end - 19 - count + 1: end - 19 + 1] for end, count in counts.items()])
+        assert np.allclose(spec.baselines_of_histories(segments), want), spread
 
 
 def test_the_lower_spread_stays_on_clean_air_noise_while_a_plume_fills_the_span():

@@ -113,3 +113,42 @@ def test_a_database_with_duplicated_readings_is_cleaned_once(tmp_path):
         assert storage.insert_readings([rows[0][:5]], "mqtt").new == [False]
     finally:
         storage.close()
+
+
+def test_a_batch_gets_each_readings_own_id_and_knows_which_were_stored_before(tmp_path):
+    """Batches go in as one INSERT per chunk of rows: every returned id names its own row, in the
+    order given, across chunks, after a prune, and with rows stored before or repeated in the batch."""
+    from plugins.gasleak_lstm_svm.service.storage import INSERT_CHUNK
+
+    storage = Storage(tmp_path / "ids.sqlite")
+    try:
+        def check(rows, got):
+            assert len(got.ids) == len(rows)
+            with sqlite3.connect(storage.path) as conn:
+                for rid, row in zip(got.ids, rows):
+                    assert conn.execute("SELECT sensor_id, ts, gas, temperature, humidity FROM readings WHERE id = ?",
+                                        (rid,)).fetchone() == row
+
+        n = 2 * INSERT_CHUNK + 7  # three chunks
+        first = [(f"s{i % 5}", float(i), 50.0 + i, 20.0, 40.0) for i in range(n)]
+        got = storage.insert_readings(first, "http")
+        check(first, got)
+        assert got.new == [True] * n and len(set(got.ids)) == n
+        # half stored before, one repeated inside the batch, the rest new
+        again = first[::2] + [("x", 1.0, 2.0, 3.0, 4.0), ("x", 1.0, 2.0, 3.0, 4.0), ("y", 1.0, 2.0, 3.0, 4.0)]
+        got = storage.insert_readings(again, "http")
+        check(again, got)
+        assert got.new == [False] * len(first[::2]) + [True, False, True]
+        assert got.ids[-3] == got.ids[-2] and storage.count_readings() == n + 2
+        # every one stored before: nothing new, the old ids
+        got = storage.insert_readings(first[:3], "mqtt")
+        assert got.new == [False] * 3 and got.ids == storage.insert_readings(first[:3], "http").ids
+        # after the oldest rows are deleted, new ids still follow the largest one
+        with sqlite3.connect(storage.path) as conn:
+            conn.execute("DELETE FROM readings WHERE id < 100")
+        later = [(f"z{i}", 1e9 + i, 1.0, 2.0, 3.0) for i in range(INSERT_CHUNK + 1)]
+        got = storage.insert_readings(later, "http")
+        check(later, got)
+        assert got.new == [True] * len(later)
+    finally:
+        storage.close()

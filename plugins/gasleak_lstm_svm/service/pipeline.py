@@ -267,9 +267,10 @@ class Pipeline:
         probs = self._score(cut)
         scores, changed, notify = [], {}, []
         status = self.detector.status
+        probs = probs.tolist()  # Python floats: the loop below is per reading
         for i, w, in_order in plan:
             rid, sid, ts, gas, _, _ = batch[i]
-            p = None if w is None or np.isnan(probs[w]) else float(probs[w])
+            p = None if w is None or probs[w] != probs[w] else probs[w]  # NaN: unscored
             if not in_order:
                 continue
             if p is not None:

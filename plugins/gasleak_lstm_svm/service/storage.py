@@ -18,6 +18,7 @@ caller gets the stored row's id. A unique index makes this hold whatever the pat
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import queue
@@ -88,8 +89,15 @@ ALERT_COLUMNS = ("id", "sensor_id", "kind", "level", "causes", "start_ts", "end_
                  "peak_probability", "acknowledged", "acknowledged_at", "message", *LIFECYCLE_COLUMNS)
 
 
-_INSERT = (f"INSERT INTO readings ({', '.join(READING_KEY)}, received, source) VALUES (?, ?, ?, ?, ?, ?, ?) "
-           f"ON CONFLICT ({', '.join(READING_KEY)}) DO NOTHING RETURNING id")
+INSERT_CHUNK = 128  # rows per INSERT statement: 7 values each stays under SQLite's old limit of 999
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_many(n: int) -> str:
+    return (f"INSERT INTO readings ({', '.join(READING_KEY)}, received, source) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n) + f" ON CONFLICT ({', '.join(READING_KEY)}) DO NOTHING")
+
+
 _FIND = f"SELECT id FROM readings WHERE {' AND '.join(column + ' = ?' for column in READING_KEY)}"
 
 
@@ -226,13 +234,23 @@ class Storage:
     def _insert_fn(rows, source):
         def fn(conn):
             now = time.time()
-            cur = conn.cursor()
             ids, new = [], []
-            for row in rows:
-                inserted = cur.execute(_INSERT, (*row, now, source)).fetchone()
-                stored = inserted or cur.execute(_FIND, row).fetchone()  # None: identical to a stored one
-                ids.append(stored[0])
-                new.append(inserted is not None)
+            for lo in range(0, len(rows), INSERT_CHUNK):  # one statement a chunk, not one a row
+                chunk = rows[lo : lo + INSERT_CHUNK]
+                cur = conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in (*row, now, source)])
+                if cur.rowcount == len(chunk):
+                    # no duplicates: SQLite gives each new row the largest id so far plus one, in order
+                    ids += range(cur.lastrowid - len(chunk) + 1, cur.lastrowid + 1)
+                    new += [True] * len(chunk)
+                    continue
+                # some were stored before (or twice in this chunk): look each one up
+                first = cur.lastrowid - cur.rowcount + 1 if cur.rowcount else None
+                claimed = set()
+                for row in chunk:
+                    rid = conn.execute(_FIND, row).fetchone()[0]
+                    new.append(first is not None and rid >= first and rid not in claimed)
+                    claimed.add(rid)
+                    ids.append(rid)
             return Inserted(ids, new)
 
         return fn
