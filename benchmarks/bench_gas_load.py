@@ -129,12 +129,24 @@ async def open_loop(host: str, port: int, rate: float, seconds: float, batch: in
             if item is None:
                 break
             i, scheduled, body = item
+            request = (b"POST /api/sensor/readings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                writer.write(b"POST /api/sensor/readings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                head = await reader.readuntil(b"\r\n\r\n")
+                for attempt in range(2):
+                    reused = writer is not None
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(request)
+                    try:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        break
+                    except asyncio.IncompleteReadError as exc:
+                        # the server closed a connection that sat idle past its keep-alive timeout
+                        # (low rates) before reading this request: send it again on a new one
+                        if not reused or exc.partial or attempt:
+                            raise
+                        writer.close()
+                        reader = writer = None
                 code = int(head[9:12])
                 length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
                 answer = await reader.readexactly(length)

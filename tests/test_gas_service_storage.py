@@ -104,6 +104,7 @@ def test_a_database_with_duplicated_readings_is_cleaned_once(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:  # as an earlier version left it: no unique index, a group stored twice
         conn.executescript(SCHEMA)  # the tables without the unique index
+        conn.execute("CREATE INDEX readings_sensor_ts ON readings (sensor_id, ts)")  # which they also had
         rows = [("a", 100.0 + i, 50.0, 20.0, 40.0, 0.0, "mqtt") for i in range(5)]
         conn.executemany("INSERT INTO readings (sensor_id, ts, gas, temperature, humidity, received, source) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)", rows + rows[:3])
@@ -111,6 +112,9 @@ def test_a_database_with_duplicated_readings_is_cleaned_once(tmp_path):
     try:
         assert storage.count_readings() == 5
         assert storage.insert_readings([rows[0][:5]], "mqtt").new == [False]
+        with sqlite3.connect(path) as conn:  # the unique index, whose prefix is (sensor_id, ts), replaces it
+            indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "readings_unique" in indexes and "readings_sensor_ts" not in indexes
     finally:
         storage.close()
 
