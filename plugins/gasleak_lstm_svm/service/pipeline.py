@@ -7,7 +7,9 @@ last ``baseline_s + window`` samples in an array (the detector's ``features.Inpu
 window is seen relative to the clean-air baseline of the minutes before it, computed here exactly
 as training and evaluate compute it), cuts a round's new windows of a sensor and their baselines in
 one go, scores every new full window (stride 1, batched across sensors in one ``predict_proba``
-call), and feeds reading + probability to the alert engine in time order. So a
+call), and feeds reading + probability to the alert engine in time order. The baselines and the
+model can run in a scoring process of their own (``scoring_process``; the service's default where
+there are 2+ CPUs), so that they do not hold the GIL ingest needs. So a
 slow detector delays alerts but never an acknowledgement; if it falls more than
 ``max_windows_per_round`` windows behind on a sensor, the older windows of that round go unscored
 (and are counted, and logged once).
