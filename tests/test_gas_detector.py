@@ -91,6 +91,26 @@ def test_round_trip_gives_identical_probabilities(trained):
     assert (loaded.predict(x, trained["base"]) == trained["y"]).mean() > 0.9
 
 
+def test_fast_scoring_paths_give_scikit_learn_and_torch_figures(trained, monkeypatch):
+    """The SVMs' kernel as matrix products (estimators._rbf_svm_proba) = scikit-learn's predict_proba,
+    and the LSTM's CPU chunks (CPU_BATCH) = one forward pass over every window."""
+    from plugins.gasleak_lstm_svm import estimators
+
+    det, svm, x, base = trained["det"], trained["svm"], trained["x"], trained["base"]
+    assert len(x) > estimators.CPU_BATCH
+    feats = det.features(x, base)
+    monkeypatch.setattr(estimators, "RBF_CHUNK", 100)  # several kernel blocks
+    for d, f in ((det, feats), (svm, svm._features(*svm._check(x, base)))):
+        fast = estimators._rbf_svm_proba(d.pipeline_, f)
+        assert fast is not None  # make_svm's shape takes the fast path ...
+        np.testing.assert_allclose(fast, d.pipeline_.predict_proba(f), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(d.predict_proba(x, base), d.pipeline_.predict_proba(f), rtol=0, atol=1e-10)
+    logistic = LogisticDetector().fit(x, trained["y"], base)
+    assert estimators._rbf_svm_proba(logistic.pipeline_, np.zeros((3, 12))) is None  # ... other pipelines do not
+    monkeypatch.setattr(estimators, "CPU_BATCH", len(x))
+    np.testing.assert_allclose(det.features(x, base), feats, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
 def test_lstm_that_cannot_load_falls_back_to_pure_svm(trained, tmp_path, damage, caplog):
     bundle = copy_bundle(trained, tmp_path)

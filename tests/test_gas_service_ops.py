@@ -111,6 +111,15 @@ def test_metrics_parse_and_move_when_readings_arrive(tmp_path, svc):
         assert status["ingest"]["by_source"] == {"http": 78}
         assert status["detection"]["lag_s"] == 0 and status["detection"]["last_round_lag_s"] is not None
         assert status["ingest"]["rate_per_s"] >= 0
+        assert status["detection"]["readings_out_of_order"] == 0
+
+        svc.post(readings("m2", 2, 60.0, svc.clock.now - 10))  # stamped before m2's latest: stored, in no window
+        moved = scrape(svc.client)
+        assert moved[("gasleak_readings_out_of_order_total", ())] == 2
+        assert moved[("gasleak_readings_ingested_total", (("source", "http"),))] == 80
+        status = svc.client.get("/api/status").json()
+        assert status["detection"]["readings_out_of_order"] == 2
+        assert {v["sensor_id"]: v["out_of_order"] for v in status["sensors"]} == {"m1": 0, "m2": 2}
     finally:
         other.close()
 

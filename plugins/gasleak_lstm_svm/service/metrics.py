@@ -46,6 +46,8 @@ class ServiceMetrics:
         self.windows_scored = Counter("gasleak_detector_windows_scored", "Windows the detector scored", registry=r)
         self.windows_skipped = Counter("gasleak_detector_windows_skipped", "Windows left unscored because the "
                                        "detector was behind (serve.max_windows_per_round)", registry=r)
+        self.out_of_order = Counter("gasleak_readings_out_of_order", "Readings stored but not in any window: "
+                                    "stamped at or before their sensor's latest", registry=r)
         self.notifications = Counter("gasleak_alert_notifications", "Alert notifications sent, by event",
                                      ["event"], registry=r)
         self.suppressed = Counter("gasleak_alert_notifications_silenced", "Alert notifications not sent because "

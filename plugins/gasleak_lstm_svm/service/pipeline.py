@@ -105,7 +105,7 @@ class Pipeline:
         self.sensors: dict[str, _Sensor] = {}
         self.started = clock()
         self.model_fallback_reason: str | None = None
-        self.stats = {"readings": 0, "windows_scored": 0, "windows_skipped": 0, "rounds": 0,
+        self.stats = {"readings": 0, "windows_scored": 0, "windows_skipped": 0, "readings_out_of_order": 0, "rounds": 0,
                       "alerts_opened": 0, "detect_seconds": 0.0, "notifications": 0, "notifications_silenced": 0,
                       "repeats": 0, "last_round_lag_s": None}
         self._pending: list[tuple[int, str, float, float, float, float]] = []
@@ -251,6 +251,8 @@ class Pipeline:
             sensor = self._sensor(sid)
             if sensor.last_ts is not None and ts <= sensor.last_ts:
                 sensor.out_of_order += 1  # stored, but it cannot join a window
+                self.stats["readings_out_of_order"] += 1
+                self.metrics.out_of_order.inc()
                 plan.append((i, None, False))
                 continue
             if sensor.last_ts is not None and ts - sensor.last_ts > self.max_gap_s:
@@ -468,6 +470,7 @@ class Pipeline:
                     state = "warming_up"
                 views.append({"sensor_id": sid, "state": state, "latest": _reading_dict(*s.latest) if s.latest else None,
                               "probability": s.probability, "last_seen": s.last_seen, "readings": s.received,
+                              "out_of_order": s.out_of_order,
                               "baseline_ppm": s.baseline_ppm, "threshold_rule": self.engine.rules.threshold_status(s.baseline_ppm),
                               "silenced_until": silence["until_ts"] if silence and silence["until_ts"] > now else None})
         for view in views:

@@ -193,6 +193,8 @@ class SensorStatus(BaseModel):
     probability: float | None
     last_seen: float | None = Field(None, description="server time the last reading arrived")
     readings: int = Field(description="readings received since the service started")
+    out_of_order: int = Field(0, description="of them, stamped at or before an earlier one of this sensor: stored, "
+                              "but in no window (a gateway that reorders, a clock that jumps back)")
     baseline_ppm: float | None = Field(None, description="clean-air baseline of the sensor's newest window")
     threshold_rule: str | None = Field(None, description="whether the ppm threshold rule can fire for this sensor: "
                                        "'active', or 'inactive: ...' when its clean-air baseline is far below warning_ppm")
