@@ -127,9 +127,12 @@ class Clock:
 async def open_loop(host: str, port: int, rate: float, seconds: float, batch: int, clock: Clock,
                     connections: int, status_url: str) -> dict:
     n = int(rate * seconds)
-    # each sensor's requests go through one connection, one after the other, as a real sensor's do:
-    # spread over the pool they would overtake each other and reach the service out of order
-    queues = [asyncio.Queue() for _ in range(connections)]
+    # Batches: each sensor's requests go through one connection, one after the other, as a real
+    # sensor's do; spread over the pool, requests of a sensor sending 60 readings a second overtook each
+    # other (60 % of them reached the service out of order). One reading a request: any free connection
+    # (a sensor's readings are 0.2 s or more apart, and pinned, a request would wait behind another
+    # sensor's on its connection: a client-side queue a sensor with a connection of its own has not).
+    queues = [asyncio.Queue() for _ in range(connections if batch > 1 else 1)]
     latencies = np.full(n, np.nan)
     codes: dict[int, int] = {}
     result = {"acked": 0, "errors": 0}
@@ -186,7 +189,7 @@ async def open_loop(host: str, port: int, rate: float, seconds: float, batch: in
                     pass
                 await asyncio.sleep(1.0)
 
-    workers = [asyncio.create_task(worker(q)) for q in queues]
+    workers = [asyncio.create_task(worker(queues[c % len(queues)])) for c in range(connections)]
     watcher = asyncio.create_task(watch())
     bodies = [clock.request(batch) for _ in range(n)]  # built before the clock starts: the client's work is the sending
     cpu0, t0 = _cpu(), time.perf_counter()
@@ -196,9 +199,9 @@ async def open_loop(host: str, port: int, rate: float, seconds: float, batch: in
         if delay > 0:
             await asyncio.sleep(delay)
         k, body = bodies[i]
-        queues[k % connections].put_nowait((i, scheduled, body))
-    for q in queues:
-        q.put_nowait(None)
+        queues[k % len(queues)].put_nowait((i, scheduled, body))
+    for c in range(connections):
+        queues[c % len(queues)].put_nowait(None)
     await asyncio.gather(*workers)
     elapsed = time.perf_counter() - t0
     cpu = _cpu() - cpu0

@@ -13,12 +13,12 @@ import torch
 from omegaconf import OmegaConf
 
 from framework.errors import UserError
-from plugins.gasleak_lstm_svm.data import SimulatorDataModule
+from plugins.gasleak_lstm_svm.data import Series, SimulatorDataModule, Windows
 from plugins.gasleak_lstm_svm.bundle import find_detector, load_detector, save_bundle, sha256
 from plugins.gasleak_lstm_svm.estimators import LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector, ThresholdDetector
 from plugins.gasleak_lstm_svm.features import InputSpec
 from plugins.gasleak_lstm_svm.model import LSTMAutoencoder
-from plugins.gasleak_lstm_svm.train import svm_training_set
+from plugins.gasleak_lstm_svm.train import clean_air_ends, mined_negatives, svm_training_set
 
 
 def windows_with_peak(ppm):
@@ -225,6 +225,49 @@ def test_svm_training_set_mixes_hard_and_leak_windows():
     i = np.flatnonzero(np.all(ws.signal[59:] == x[0, -1], axis=1))[0] + 59
     assert np.array_equal(ws.signal[i - 59 : i + 1], x[0]) and ws.label[i] == y[0]
     assert np.allclose(base[0], ws.spec.baselines_for_series(ws.signal, [i])[0])
+
+
+def _series_with_a_release_and_a_bump(n: int = 900) -> Series:
+    """Clean air at 50 ppm with a release (label 1) at 300-400 and a clean-air bump (label 0) at 700-720."""
+    sig = np.zeros((n, 3), np.float32)
+    sig[:, 0], sig[:, 1], sig[:, 2] = 50, 21, 45
+    label = np.zeros(n, np.int8)
+    label[300:400], sig[300:400, 0] = 1, 400
+    sig[700:720, 0] = 120
+    return Series("s", sig, label, np.arange(n, dtype=np.float64))
+
+
+def test_clean_air_ends_keep_away_from_releases():
+    series = _series_with_a_release_and_a_bump()
+    ws = Windows([series, series], 60, 1)
+    ends = clean_air_ends(ws, stride=3, margin=120)
+    expected = [ws.offsets[i] + e for i in range(2) for e in range(59, len(series), 3)
+                if not series.label[max(e - 59 - 120, 0) : e + 1].any()]
+    assert ends.tolist() == expected
+    # before the release up to its first second; after it, once the window and 120 s before it are clear
+    assert {59, 299} <= set(expected) and min(e for e in expected if 299 < e < 900) == 581  # 400 + 59 + 120, on the grid
+
+
+class _GasMaxDetector:
+    """p = the window's highest gas reading / 1000: a stand-in that is fooled by the bump."""
+
+    def predict_proba(self, x, base=None):
+        p = np.clip(x[:, :, 0].max(axis=1) / 1000 * 4, 0, 1)
+        return np.column_stack([1 - p, p])
+
+
+def test_mined_negatives_are_the_clean_air_windows_scoring_highest():
+    series = _series_with_a_release_and_a_bump()
+    ws = Windows([series], 60, 1)
+    ends, scanned = mined_negatives(_GasMaxDetector(), ws, count=50, stride=1, margin=120)
+    assert scanned == len(clean_air_ends(ws, 1, 120))
+    # the bump's windows (p = 0.48 on 120 ppm: under the floor) ... none at 0.5
+    assert len(ends) == 0
+    ends, _ = mined_negatives(_GasMaxDetector(), ws, count=50, stride=1, margin=120, floor=0.4)
+    # ... with a lower floor: 50 windows, each holding part of the bump, none near the release
+    assert len(ends) == 50 and np.all(ws.label[ends] == 0)
+    assert all(700 <= e and e - 59 < 720 for e in ends)
+    assert np.all(np.diff(ends) > 0)
 
 
 def _toy_batch(n: int = 32, seed: int = 0):

@@ -220,6 +220,50 @@ def _fed(pipeline, rec: Series, t0: float, step: int) -> np.ndarray:
                      for r in pipeline.storage.readings(sensor_id="rec", limit=10_000)])
 
 
+def test_split_segments_deals_sensors_in_order_by_window_count():
+    from plugins.gasleak_lstm_svm.service.scoring_process import split_segments
+
+    segs = [(None, c, 0) for c in (5, 100, 3, 3, 90, 1)]
+    parts = split_segments(segs, 2)
+    assert [s for part in parts for s in part] == segs  # every sensor once, in order
+    assert [sum(c for _, c, _ in part) for part in parts] == [105, 97]
+    assert split_segments(segs, 1) == [segs] and split_segments(segs[:1], 3) == [segs[:1]]
+    assert sum(map(len, split_segments(segs, 10))) == len(segs)
+
+
+def test_two_scoring_processes_score_a_round_of_many_sensors_as_evaluate_does(tmp_path):
+    """Several sensors in every round, dealt over two scoring processes: each sensor's stored
+    probabilities are evaluate's on its recording."""
+    from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+    from plugins.gasleak_lstm_svm.service.schemas import Reading
+    from plugins.gasleak_lstm_svm.service.storage import Storage
+
+    spec = InputSpec(window=60, baseline_s=300)
+    det = _small_svm(spec)
+    recs = {f"s{k}": sim_series(700, 20 + k, [LeakEvent(300 + 40 * k, 301 + 40 * k, "seep", 200)]) for k in range(5)}
+    storage = Storage(tmp_path / "gas.sqlite")
+    pipeline = Pipeline(det, storage, AlertRules(probability=0.6), scoring_process=2)
+    pipeline.clock = lambda: 1_700_003_000.0
+    pipeline.start_scoring_process()
+    assert len(set(pipeline._scorer.pids)) == 2 and os.getpid() not in pipeline._scorer.pids
+    t0 = 1_700_000_000.0
+    for i in range(0, 700, 90):
+        pipeline.ingest([Reading(sensor_id=sid, timestamp=t0 + float(t), gas_concentration=float(g),
+                                 temperature=float(c), humidity=float(h))
+                         for sid, rec in recs.items() for t, (g, c, h) in zip(rec.time[i : i + 90], rec.signal[i : i + 90])],
+                        "test")
+        pipeline.process_pending()
+    assert pipeline._scorer is not None  # still the processes' work, nothing fell back
+    pipeline.stop()
+    for sid, rec in recs.items():
+        offline = series_probabilities(det, rec)
+        online = np.array([np.nan if r["probability"] is None else r["probability"]
+                           for r in storage.readings(sensor_id=sid, limit=10_000)])
+        assert np.array_equal(np.isnan(online), np.isnan(offline))
+        assert np.allclose(online[~np.isnan(online)], offline[~np.isnan(offline)], atol=1e-6)
+    storage.close()
+
+
 def test_a_scoring_process_that_dies_leaves_the_scoring_to_the_service(tmp_path, caplog):
     from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
     from plugins.gasleak_lstm_svm.service.storage import Storage
@@ -240,6 +284,42 @@ def test_a_scoring_process_that_dies_leaves_the_scoring_to_the_service(tmp_path,
     assert np.array_equal(np.isnan(online), np.isnan(offline)) and np.array_equal(first, online[:450], equal_nan=True)
     assert np.allclose(online[~np.isnan(online)], offline[~np.isnan(offline)], atol=1e-6)
     pipeline.stop()
+    storage.close()
+
+
+def test_a_round_being_scored_counts_in_pending_and_the_detector_lag(tmp_path):
+    """/api/status's pending and lag_s include the round the detector is working on: a detector
+    behind spends seconds on one round, and the lag must not read 0 meanwhile."""
+    import threading
+    import time
+
+    from plugins.gasleak_lstm_svm.estimators import ThresholdDetector
+    from plugins.gasleak_lstm_svm.service.pipeline import Pipeline
+    from plugins.gasleak_lstm_svm.service.storage import Storage
+
+    release, entered = threading.Event(), threading.Event()
+
+    class Slow(ThresholdDetector):
+        def predict_proba(self, windows, base=None):
+            entered.set()
+            release.wait(10)
+            return super().predict_proba(windows, base)
+
+    storage = Storage(tmp_path / "gas.sqlite")
+    pipeline = Pipeline(Slow(), storage, AlertRules())
+    from plugins.gasleak_lstm_svm.service.schemas import Reading
+
+    pipeline.ingest([Reading(sensor_id="rec", timestamp=1_700_000_000.0 + i, gas_concentration=60.0, temperature=21.0,
+                             humidity=45.0) for i in range(90)], "test")  # 31 windows
+    worker = threading.Thread(target=pipeline.process_pending)
+    worker.start()
+    assert entered.wait(10)
+    time.sleep(0.05)
+    assert not pipeline._pending  # the queue is empty: the 90 are in the round ...
+    assert pipeline.pending() == 90 and pipeline.detector_lag() >= 0.05  # ... and still count
+    release.set()
+    worker.join(10)
+    assert pipeline.pending() == 0 and pipeline.detector_lag() == 0.0
     storage.close()
 
 
@@ -267,10 +347,11 @@ def test_a_detector_behind_scores_only_the_newest_windows_and_counts_the_rest(tm
 def test_the_scoring_process_setting():
     from plugins.gasleak_lstm_svm.service.modes import _scoring_process
 
-    assert _scoring_process(True) is True and _scoring_process(False) is False
-    assert _scoring_process("auto") is ((os.cpu_count() or 1) >= 2)
-    with pytest.raises(UserError, match="serve.scoring_process takes true, false or auto"):
-        _scoring_process("maybe")
+    assert _scoring_process(True) == 1 and _scoring_process(False) == 0 and _scoring_process(3) == 3
+    assert _scoring_process("auto") == min((os.cpu_count() or 1) - 1, 4)
+    for bad in ("maybe", -1):
+        with pytest.raises(UserError, match="serve.scoring_process takes true, false, auto or a number"):
+            _scoring_process(bad)
 
 
 def _constructed(days: int, seed: int) -> tuple[list[Series], list[np.ndarray]]:

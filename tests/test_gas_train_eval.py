@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,18 @@ def latest_run(outputs: Path, mode: str) -> Path:
 def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     # two epochs: one (22 steps) leaves stage 1 near its initialisation (validation accuracy 0.48 here; 0.90 after two)
     tiny = [o for o in TINY if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=2"]
-    proc = run_cli("task=gasleak", "train", *tiny, "detector.pure_svm.positive_fraction=0.1", "+detector.pure_svm.hard_fraction=0")
+    proc = run_cli("task=gasleak", "train", *tiny, "detector.pure_svm.positive_fraction=0.1", "+detector.pure_svm.hard_fraction=0",
+                   "detector.svm.mined_negatives=50")
     assert "autoencoder epoch 0: train loss" in proc.stdout
+    mined = re.search(r"stage 2: (\d+) of (\d+) clean-air windows score >= 0.5", proc.stdout + proc.stderr)
+    assert mined and int(mined.group(1)) <= 50 and int(mined.group(2)) > 0  # hard-negative mining ran ...
     assert "LSTM+SVM: validation accuracy" in proc.stdout and "Pure SVM: validation accuracy" in proc.stdout
     metrics = last_json_line(proc.stdout)
     assert metrics["detector"] == "lstm_svm" and 0.5 <= metrics["lstm_svm/val_accuracy"] <= 1
     assert metrics["autoencoder/val_aux"] > 0  # the default stage 1 has the auxiliary leak loss (model.aux_weight)
     # each SVM is fitted on its own sample: detector.svm's 40% leak windows, the pure SVM's overrides
     assert metrics["lstm_svm/train_leak_share"] == pytest.approx(0.4, abs=0.06)
+    assert metrics["lstm_svm/train_windows"] == 800 + int(mined.group(1))  # ... and its windows joined the sample
     assert metrics["svm/train_leak_share"] == pytest.approx(0.1, abs=0.04)
     rec = record(outputs)
     bundle = Path(rec["detector"])

@@ -53,6 +53,32 @@ def svm_training_set(ws: Windows, max_samples: int, hard_fraction: float, seed: 
     return ws.at(ends[pick]).arrays()
 
 
+def clean_air_ends(ws: Windows, stride: int, margin: int) -> np.ndarray:
+    """Window ends (flat indices, one every ``stride`` samples of each series) whose window and the
+    ``margin`` samples before it are all clean air (label 0): no release, and not its tail."""
+    leak = np.concatenate([[0], np.cumsum(ws.label.astype(np.int64))])
+    out = []
+    for i in range(len(ws.series)):
+        a, b = ws.offsets[i], ws.offsets[i + 1]
+        ends = np.arange(a + ws.window - 1, b, stride, dtype=np.int64)
+        first = np.maximum(ends - ws.window + 1 - margin, a)
+        out.append(ends[leak[ends + 1] == leak[first]])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def mined_negatives(det, ws: Windows, count: int, stride: int, margin: int, floor: float = 0.5) -> tuple[np.ndarray, int]:
+    """The ``count`` clean-air windows of ``ws``'s series (``clean_air_ends``) that ``det`` scores
+    highest, those at or above ``floor``: (their ends, windows scored). A random sample of clean air
+    holds few of the rare things that look like a leak (a cooking plume, a humidity step, a wandering
+    background) and each such moment lasts a while, so its windows decide the false alerts; adding
+    them to a second fit is hard-negative mining (bootstrapping)."""
+    ends = clean_air_ends(ws, stride, margin)
+    probs = np.concatenate([det.predict_proba(*ws.at(ends[i : i + 8192]).arrays()[:2])[:, 1]
+                            for i in range(0, len(ends), 8192)]) if len(ends) else np.zeros(0)
+    order = np.argsort(-probs, kind="stable")[:count]
+    return np.sort(ends[order[probs[order] >= floor]]), len(ends)
+
+
 def _scores(det, x: np.ndarray, base: np.ndarray, y: np.ndarray) -> dict:
     pred = det.predict(x, base)
     tp, fp, fn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
@@ -127,7 +153,17 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
         if kind == "lstm_svm":
             x, base, y = draw(s)
             # its inputs are the encoder's: dm.spec, or the checkpoint's when fine-tuning (adopt_checkpoint)
-            detector = LSTMSVMDetector(encoder, fallback=svm, encoder_checkpoint=best, **svm_kwargs(s)).fit(x, y, base)
+            make = lambda: LSTMSVMDetector(encoder, fallback=svm, encoder_checkpoint=best, **svm_kwargs(s))  # noqa: E731
+            detector = make().fit(x, y, base)
+            if s.get("mined_negatives"):
+                mined, scanned = mined_negatives(detector, ws, int(s.mined_negatives), int(s.mine_stride),
+                                                 int(s.mine_margin))
+                if not quiet:
+                    log.info("stage 2: %d of %d clean-air windows score >= 0.5: added, refitting", len(mined), scanned)
+                if len(mined):
+                    xm, bm, ym = ws.at(mined).arrays()
+                    x, base, y = np.concatenate([x, xm]), np.concatenate([base, bm]), np.concatenate([y, ym])
+                    detector = make().fit(x, y, base)
             report("lstm_svm", detector, y)
             members.append(detector)
         if want_baselines:

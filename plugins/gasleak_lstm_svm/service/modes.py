@@ -88,13 +88,19 @@ def _check_ports(cfg: DictConfig) -> None:
             raise UserError(f"{key}={port}: a TCP port is 0 to 65535")
 
 
-def _scoring_process(setting) -> bool:
-    """serve.scoring_process: true, false, or auto (a process of its own when there is a core for it)."""
+MAX_AUTO_SCORING_PROCESSES = 4  # each holds a copy of torch and the detector (~0.3 GB)
+
+
+def _scoring_process(setting) -> int:
+    """serve.scoring_process: how many scoring processes. true: 1, false: 0 (score in the service's
+    process), a number, or auto: one per CPU but one (the service's own), at most 4, none on 1 CPU."""
     if isinstance(setting, bool):
+        return int(setting)
+    if isinstance(setting, int) and setting >= 0:
         return setting
     if str(setting).lower() != "auto":
-        raise UserError(f"serve.scoring_process takes true, false or auto, not {setting!r}")
-    return (os.cpu_count() or 1) >= 2
+        raise UserError(f"serve.scoring_process takes true, false, auto or a number of processes, not {setting!r}")
+    return min((os.cpu_count() or 1) - 1, MAX_AUTO_SCORING_PROCESSES)
 
 
 def _token(cfg: DictConfig) -> str | None:

@@ -8,8 +8,8 @@ window is seen relative to the clean-air baseline of the minutes before it, comp
 as training and evaluate compute it), cuts a round's new windows of a sensor and their baselines in
 one go, scores every new full window (stride 1, batched across sensors in one ``predict_proba``
 call), and feeds reading + probability to the alert engine in time order. The baselines and the
-model can run in a scoring process of their own (``scoring_process``; the service's default where
-there are 2+ CPUs), so that they do not hold the GIL ingest needs. So a
+model can run in scoring processes of their own (``scoring_process``: how many; the service's
+default is one per CPU but one, at most 4), so that they do not hold the GIL ingest needs. So a
 slow detector delays alerts but never an acknowledgement; if it falls more than
 ``max_windows_per_round`` windows behind on a sensor, the older windows of that round go unscored
 (and are counted, and logged once).
@@ -36,7 +36,7 @@ import numpy as np
 from plugins.gasleak_lstm_svm.service.alerts import NOTIFY, AlertEngine, AlertRules
 from plugins.gasleak_lstm_svm.service.metrics import ServiceMetrics
 from plugins.gasleak_lstm_svm.service.schemas import Reading
-from plugins.gasleak_lstm_svm.service.scoring_process import ScoringProcess, ScoringProcessDied, score_segments
+from plugins.gasleak_lstm_svm.service.scoring_process import ScoringPool, ScoringProcessDied, score_segments
 from plugins.gasleak_lstm_svm.service.storage import Inserted, Storage
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,13 @@ class Pipeline:
     def __init__(self, detector, storage: Storage, rules: AlertRules, notifier=None, *,
                  max_future_s: float = 300.0, max_gap_s: float = 10.0, max_windows_per_round: int = 256,
                  interval_s: float = 0.2, prune_every_s: float = 600.0, repeat_every_s: float | None = None,
-                 scoring_process: bool = False, torch_threads: int | None = 1, clock=time.time):
+                 scoring_process: bool | int = False, torch_threads: int | None = 1, clock=time.time):
         self.detector = detector
-        # the round's baselines and model in a process of their own (see scoring_process.py); started by start()
-        self.scoring_process = bool(scoring_process)
+        # the round's baselines and model in processes of their own (see scoring_process.py): how many
+        # (True: one, False: none, scored here); started by start()
+        self.scoring_process = int(scoring_process)
         self.torch_threads = torch_threads
-        self._scorer: ScoringProcess | None = None
+        self._scorer: ScoringPool | None = None
         self.storage = storage
         self.notifier = notifier
         self.spec = detector.spec
@@ -110,6 +111,7 @@ class Pipeline:
                       "repeats": 0, "last_round_lag_s": None}
         self._pending: list[tuple[int, str, float, float, float, float]] = []
         self._pending_since: float | None = None  # monotonic time the oldest pending reading was acknowledged
+        self._in_round, self._in_round_since = 0, None  # the readings of the round being scored, and theirs
         self._lock = threading.Lock()        # sensors' arrival state + pending queue
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Event()
@@ -183,14 +185,15 @@ class Pipeline:
         return self.sensors[sensor_id]
 
     def pending(self) -> int:
-        """Readings acknowledged but not yet through detection."""
+        """Readings acknowledged but not yet through detection (queued, or in the round being scored)."""
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + self._in_round
 
     def detector_lag(self) -> float:
-        """Seconds the oldest acknowledged reading not yet through detection has waited (0: caught up)."""
+        """Seconds the oldest acknowledged reading not yet through detection has waited (0: caught up);
+        a round being scored counts (a detector behind spends seconds on one)."""
         with self._lock:
-            since = self._pending_since if self._pending else None
+            since = self._in_round_since if self._in_round else self._pending_since if self._pending else None
         return 0.0 if since is None else round(time.monotonic() - since, 4)
 
     def queue_depths(self) -> dict[str, int]:
@@ -207,11 +210,12 @@ class Pipeline:
         self._thread.start()
         return self
 
-    def start_scoring_process(self) -> None:
-        """Score rounds in a process of their own from now on (``stop`` ends it)."""
+    def start_scoring_process(self, n: int | None = None) -> None:
+        """Score rounds in ``n`` processes of their own from now on (default: ``scoring_process``, at
+        least one; ``stop`` ends them)."""
         if self._scorer is None:
             try:
-                self._scorer = ScoringProcess(self.detector, self.torch_threads)
+                self._scorer = ScoringPool(self.detector, n or self.scoring_process or 1, self.torch_threads)
             except Exception as exc:  # the service still runs, scoring in its own process
                 log.error("scoring process: %s; scoring in the service's process", exc)
 
@@ -239,9 +243,19 @@ class Pipeline:
         with self._lock:
             batch, self._pending = self._pending, []
             since, self._pending_since = self._pending_since, None
+            self._in_round, self._in_round_since = len(batch), since
         if not batch:
             self._idle.set()
             return 0
+        try:
+            return self._process(batch, since)
+        finally:
+            with self._lock:
+                self._in_round, self._in_round_since = 0, None
+                if not self._pending:
+                    self._idle.set()
+
+    def _process(self, batch: list, since: float | None) -> int:
         t0 = time.perf_counter()
         batch.sort(key=lambda r: (r[1], r[2], r[0]))  # per sensor, in time order
         cut = Cut()
@@ -292,9 +306,6 @@ class Pipeline:
         self.metrics.score_seconds.observe(time.perf_counter() - t0)
         if since is not None:  # from the oldest reading's acknowledgement to its alert decision
             self.stats["last_round_lag_s"] = round(time.monotonic() - since, 4)
-        with self._lock:
-            if not self._pending:
-                self._idle.set()
         return len(batch)
 
     def _windows_of_fresh(self, sensor: _Sensor, plan: list, ends: list[int], cut: "Cut") -> None:

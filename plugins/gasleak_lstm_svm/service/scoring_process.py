@@ -8,6 +8,8 @@ them. In this process they use a core of their own. What goes over the pipe per 
 scored sensor's history (at most ``InputSpec.history`` samples) and how many windows it ends; what
 comes back is one baseline row and one probability per window.
 
+``ScoringPool`` deals a round's sensors over several such processes where there are cores for them.
+
 The child is spawned (not forked: the service has threads) with its own copy of the detector,
 ignores Ctrl-C (the service decides when to stop), and exits when the service closes the pipe,
 or when the service dies and its end of the pipe goes with it.
@@ -68,8 +70,17 @@ class ScoringProcess:
 
     def score(self, segments: list[tuple[np.ndarray, int, int]]) -> tuple[np.ndarray, np.ndarray]:
         """Raises ``ScoringProcessDied`` if the child is gone, or what the detector raised in it."""
+        self.send(segments)
+        return self.receive()
+
+    def send(self, segments: list[tuple[np.ndarray, int, int]]) -> None:
         try:
             self._conn.send(segments)
+        except (EOFError, OSError) as exc:
+            raise ScoringProcessDied(f"the scoring process (pid {self.pid}) died: {type(exc).__name__}") from exc
+
+    def receive(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
             ok, out = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise ScoringProcessDied(f"the scoring process (pid {self.pid}) died: {type(exc).__name__}") from exc
@@ -91,6 +102,63 @@ class ScoringProcess:
 
 class ScoringProcessDied(RuntimeError):
     pass
+
+
+class ScoringPool:
+    """``score(segments)`` over ``n`` scoring processes at once: the round's sensors dealt, in order,
+    into ``n`` runs of about equal window counts, one per process, and the answers joined in order.
+    One process scores about 13,000 windows a second with the default LSTM+SVM (one thread); more
+    sensors than that need more of them, on a machine with the cores."""
+
+    def __init__(self, detector, n: int = 1, torch_threads: int | None = 1, start_timeout_s: float = 120.0):
+        self.processes: list[ScoringProcess] = []
+        try:
+            for _ in range(max(1, int(n))):
+                self.processes.append(ScoringProcess(detector, torch_threads, start_timeout_s))
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self.processes[0].pid
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [p.pid for p in self.processes]
+
+    def score(self, segments: list[tuple[np.ndarray, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """As ``ScoringProcess.score``; every process's answer is read before an error is raised, so
+        none is left in a pipe for the next round."""
+        parts = [part for part in split_segments(segments, len(self.processes)) if part]
+        if len(parts) <= 1:
+            return self.processes[0].score(parts[0] if parts else [])
+        busy = self.processes[: len(parts)]
+        for process, part in zip(busy, parts):
+            process.send(part)
+        answers, error = [], None
+        for process in busy:
+            try:
+                answers.append(process.receive())
+            except Exception as exc:  # noqa: BLE001 - raised below, after the others are read
+                error = error or exc
+        if error is not None:
+            raise error
+        return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.close()
+
+
+def split_segments(segments: list, n: int) -> list[list]:
+    """``segments`` (in order) cut into ``n`` consecutive runs of about equal window counts."""
+    if n <= 1 or len(segments) <= 1:
+        return [list(segments)]
+    counts = np.cumsum([count for _, count, _ in segments])
+    cuts = np.searchsorted(counts, counts[-1] * np.arange(1, n) / n, side="left") + 1
+    bounds = [0, *np.minimum(cuts, len(segments)).tolist(), len(segments)]
+    return [list(segments[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _serve(conn, detector, torch_threads: int | None) -> None:
