@@ -107,7 +107,7 @@ class ScoringProcessDied(RuntimeError):
 class ScoringPool:
     """``score(segments)`` over ``n`` scoring processes at once: the round's sensors dealt, in order,
     into ``n`` runs of about equal window counts, one per process, and the answers joined in order.
-    One process scores about 13,000 windows a second with the default LSTM+SVM (one thread); more
+    One process scores about 14,000 windows a second with the default LSTM+SVM (one thread); more
     sensors than that need more of them, on a machine with the cores."""
 
     def __init__(self, detector, n: int = 1, torch_threads: int | None = 1, start_timeout_s: float = 120.0):
@@ -169,7 +169,7 @@ def _serve(conn, detector, torch_threads: int | None) -> None:
 
         torch.set_num_threads(int(torch_threads))
         # the SVM's kernel is a BLAS product: left alone, OpenBLAS starts a thread per core and takes
-        # the one HTTP needs (500 req/s: p99 71 ms against 11 with one thread)
+        # the one HTTP needs (500 req/s, single runs: p99 71 ms, 23 with one thread)
         threadpool_limits(int(torch_threads))
     conn.send("ready")
     while True:
