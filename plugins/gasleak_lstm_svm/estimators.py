@@ -93,8 +93,10 @@ def window_statistics(x: np.ndarray) -> np.ndarray:
 def _rbf_svm_proba(pipeline, feats: np.ndarray) -> np.ndarray | None:
     """``pipeline.predict_proba(feats)`` for ``make_svm``'s shape (scaler, Platt-calibrated binary
     RBF SVC), or None for any other pipeline. libsvm's predict evaluates the kernel one window and one
-    support vector at a time (47 us a window with 1,700 support vectors); as one matrix product per
-    chunk it is the same figure to ~1e-12 in a fraction of the time (benchmarks/bench_gas_detector.py)."""
+    support vector at a time (about 50 us a window with 1,700 support vectors); as one matrix product
+    per chunk it is the same figure to ~1e-12 in a fifth of the time (benchmarks/bench_gas_detector.py).
+    It reads two private attributes of the fitted SVC (the resolved gamma, sparse or not): where a
+    scikit-learn release lacks them, scikit-learn's own predict_proba runs."""
     from sklearn.metrics.pairwise import rbf_kernel
     from sklearn.svm import SVC
 
@@ -103,13 +105,15 @@ def _rbf_svm_proba(pipeline, feats: np.ndarray) -> np.ndarray | None:
     if not fitted or len(fitted) != 1 or fitted[0].method != "sigmoid":
         return None
     svc = fitted[0].estimator
-    if type(svc) is not SVC or svc.kernel != "rbf" or len(svc.classes_) != 2 or svc._sparse:
+    gamma = getattr(svc, "_gamma", None)
+    if type(svc) is not SVC or svc.kernel != "rbf" or len(svc.classes_) != 2 or gamma is None \
+            or getattr(svc, "_sparse", True):
         return None
     x = feats
     for step in before:
         x = step.transform(x)
     x = np.asarray(x, dtype=np.float64)
-    decision = np.concatenate([rbf_kernel(x[i : i + RBF_CHUNK], svc.support_vectors_, gamma=svc._gamma) @ svc.dual_coef_[0]
+    decision = np.concatenate([rbf_kernel(x[i : i + RBF_CHUNK], svc.support_vectors_, gamma=gamma) @ svc.dual_coef_[0]
                                for i in range(0, len(x), RBF_CHUNK)]) + svc.intercept_[0]
     p1 = fitted[0].calibrators[0].predict(decision)
     p1[(1.0 < p1) & (p1 <= 1.0 + 1e-5)] = 1.0  # as scikit-learn clips
