@@ -405,11 +405,10 @@ def test_calibration_meets_its_false_alert_budget():
     assert not strict["met_budget"] and strict["probability"] == max(GRID)
 
 
-def test_calibration_asks_for_more_windows_in_a_row_when_clean_air_bumps_score_high():
-    """Clean-air bumps of 6 s that score above every release (the edge of a plume, a wandering
-    background): no probability keeps 3 windows in a row quiet, 10 in a row does, and the fewest
-    that meets the budget while detecting every release is kept."""
-    rng = np.random.default_rng(3)
+def _bumpy_days(release_p: float, seed: int) -> tuple[list, list]:
+    """Two days of validation probabilities: a 10-minute release every 14,000 s at ``release_p``,
+    and about 30 clean-air bumps of 6 s at 0.9999 a day, apart from the releases."""
+    rng = np.random.default_rng(seed)
     series, probs = [], []
     for d in range(2):
         n = 86400
@@ -417,7 +416,7 @@ def test_calibration_asks_for_more_windows_in_a_row_when_clean_air_bumps_score_h
         p = rng.uniform(0.0, 0.05, n)
         for start in range(2000, n - 2000, 14000):
             label[start : start + 600] = 1
-            p[start : start + 600] = 0.99
+            p[start : start + 600] = release_p
         clean = np.flatnonzero(label == 0)
         for at in rng.choice(clean[(clean > 700) & (clean < n - 10)], 30, replace=False):
             if label[at - 700 : at + 10].any():  # keep the bumps apart from the releases
@@ -426,16 +425,46 @@ def test_calibration_asks_for_more_windows_in_a_row_when_clean_air_bumps_score_h
         signal = np.column_stack([np.full(n, 2.0), np.full(n, 20.0), np.full(n, 50.0)]).astype(np.float32)
         series.append(Series(f"val{d}", signal, label, np.arange(n, dtype=float)))
         probs.append(p)
+    return series, probs
+
+
+def test_calibration_asks_for_more_windows_in_a_row_when_clean_air_bumps_score_high():
+    """Clean-air bumps of 6 s that score above every release (the edge of a plume, a wandering
+    background): no probability keeps 3 windows in a row quiet, 10 in a row does, and the fewest
+    that meets the budget while detecting every release is kept."""
+    series, probs = _bumpy_days(release_p=0.99, seed=3)
     rules = AlertRules()
     fixed = calibrate(series, probs, rules, false_alerts_per_day=1.0)  # the rules' own 3 windows only
     assert not fixed["met_budget"]
-    op = calibrate(series, probs, rules, false_alerts_per_day=1.0, consecutive=[3, 10, 30])
-    assert op["met_budget"] and op["consecutive"] == 10
+    op = calibrate(series, probs, rules, false_alerts_per_day=1.0, consecutive=[3, 10, 30], evidence=[5, 10, 20, 40, 80])
+    assert op["met_budget"] and op["rule"] == "consecutive" and op["consecutive"] == 10
     assert op["validation"]["detected"] == sum(len(label_runs(s.label)) for s in series)
     assert op["validation"]["false_alerts"] == 0
     replayed = [score_alerts(s, replay_series(replace(rules, probability=op["probability"], consecutive=10), s, pr))
                 for s, pr in zip(series, probs)]
     assert summarise(replayed)["false_alerts"] == 0
+
+
+def test_calibration_takes_the_evidence_rule_where_it_confirms_releases_sooner():
+    """Releases at p = 0.99999 from their first window; clean-air bumps of 6 s at 0.9999. Three
+    windows in a row let the bumps through at every probability and ten keep them out; the
+    evidence rule over p >= 0.999 gathers 6 x (9.2 - 6.9) = 13.8 in a bump and 3.1 a window in a
+    release: a level of 20 keeps the bumps out and confirms a release at its 7th window, not its
+    10th. Where bumps score above the releases (the test before), no evidence level helps and
+    the consecutive rule stays."""
+    series, probs = _bumpy_days(release_p=0.99999, seed=5)
+    rules = AlertRules()
+    only_k = calibrate(series, probs, rules, false_alerts_per_day=1.0, consecutive=[3, 10, 30])
+    assert only_k["rule"] == "consecutive" and only_k["consecutive"] == 10
+    assert only_k["validation"]["latency_median_s"] == 9
+    op = calibrate(series, probs, rules, false_alerts_per_day=1.0, consecutive=[3, 10, 30], evidence=[5, 10, 20, 40, 80])
+    assert op["met_budget"] and op["rule"] == "evidence" and op["consecutive"] is None
+    assert op["validation"]["false_alerts"] == 0
+    assert op["validation"]["detected"] == sum(len(label_runs(s.label)) for s in series)
+    assert op["validation"]["latency_median_s"] < 9
+    chosen = AlertRules.from_config({}, op)
+    replayed = [score_alerts(s, replay_series(chosen, s, pr)) for s, pr in zip(series, probs)]
+    assert summarise(replayed)["false_alerts"] == 0 and summarise(replayed)["latency_median_s"] < 9
 
 
 def test_calibration_pools_training_series_until_enough_clean_air():

@@ -89,6 +89,87 @@ def test_streaming_rule_matches_the_replay_and_the_rule(seed):
     assert first == expected[0]
 
 
+def cusum(probs, p0: float, level: float) -> list[int]:
+    """The evidence rule written out: S_i = min(level, max(0, S_(i-1) + logit(p_i) - logit(p0))), logits
+    capped at +-10; the windows where S reaches ``level`` after being below it."""
+    logit = lambda q: float(np.clip(np.log(max(q, 1e-12) / max(1 - q, 1e-12)), -10, 10))  # noqa: E731
+    s, out = 0.0, []
+    for i, q in enumerate(probs):
+        before, s = s, min(level, max(0.0, s + logit(q) - logit(p0)))
+        if s >= level > before:
+            out.append(i)
+    return out
+
+
+def test_evidence_rule_confirms_strong_windows_fast_and_weak_ones_once_they_last():
+    rules = AlertRules(rule="evidence", probability=0.9, evidence=10.0, clear_samples=3)
+    # logit(0.9) = 2.197: a window at 0.99999 adds 10 - 2.197 = 7.8, two of them confirm
+    (t, alert), = opened(feed(AlertEngine(rules), [0.1, 0.99999, 0.99999, 0.99999]))
+    assert t == 2 and alert["causes"] == ["model"]
+    assert "evidence 10" in alert["message"]
+    # windows at 0.95 add logit(0.95) - logit(0.9) = 0.747 each: 14 of them (13 reach 9.71)
+    events = feed(AlertEngine(rules), [0.95] * 20)
+    assert [t for t, _ in opened(events)] == [13]
+    # a dip takes evidence away instead of starting over: the consecutive rule at 0.9 would need
+    # 3 in a row and never gets them; here the run of 0.99999, 0.5, 0.99999 confirms
+    assert [t for t, _ in opened(feed(AlertEngine(rules), [0.99999, 0.5, 0.99999, 0.5]))] == [2]
+    assert opened(feed(AlertEngine(RULES), [0.99999, 0.5, 0.99999, 0.5])) == []
+    # a short bump spends what it gathered: evidence back at 0, state normal
+    engine = AlertEngine(rules)
+    feed(engine, [0.99] + [0.1] * 5)
+    assert engine.tracks["s1"].evidence == 0 and engine.state("s1") == "normal"
+    feed(engine, [0.99], t0=10)
+    assert engine.state("s1") == "suspect"
+    engine.reset_window("s1")  # a gap: the sum starts over
+    assert engine.tracks["s1"].evidence == 0
+    # a long leak does not bank evidence: the sum stays at the level, and the alert closes
+    # clear_samples readings after the leak has gone
+    events = feed(AlertEngine(rules), [0.99999] * 600 + [0.05] * 10)
+    closed = [t for t, e, _ in events if e == "closed"]
+    assert [t for t, _ in opened(events)] == [1] and closed == [602]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_evidence_rule_streaming_matches_the_replay_and_the_sum(seed):
+    rng = np.random.default_rng(seed)
+    probs = np.clip(rng.normal(0.7, 0.3, 600), 0, 1)
+    rules = AlertRules(rule="evidence", probability=0.8, evidence=8.0, clear_samples=1)
+    # with clear_samples=1 an alert closes at the first window below p0, where the sum falls and
+    # is reset: between alerts the engine's sum is the written-out one started afresh
+    streamed = [t for t, _ in opened(feed(AlertEngine(rules), list(map(float, probs)), sensor="s"))]
+    replayed = [int(a["start_ts"]) for a in replay(rules, np.arange(len(probs), dtype=float), np.full(len(probs), 50.0),
+                                                   probs)]
+    assert streamed == replayed and streamed
+    expected, i = [], 0
+    while i < len(probs):  # the rule written out, restarted after each alert closes
+        hits = cusum(probs[i:], 0.8, 8.0)
+        if not hits:
+            break
+        start = i + hits[0]
+        expected.append(start)
+        below = np.flatnonzero(probs[start + 1:] < 0.8)
+        if not len(below):
+            break
+        i = start + 1 + int(below[0]) + 1
+    assert streamed == expected
+
+
+def test_the_evidence_rule_from_config_and_the_operating_point():
+    op = {"rule": "evidence", "probability": 0.99, "evidence": 20.0, "consecutive": None}
+    r = AlertRules.from_config({}, op)
+    assert (r.rule, r.probability, r.evidence) == ("evidence", 0.99, 20.0)
+    assert r.describe() == "evidence 20 (log-odds over p >= 0.99)"
+    # alerts.probability=0.7 alone: the original consecutive rule (3 windows, the code default)
+    r = AlertRules.from_config({"probability": 0.7}, op)
+    assert (r.rule, r.consecutive, r.probability) == ("consecutive", 3, 0.7)
+    r = AlertRules.from_config({"rule": "evidence", "evidence": 5}, op)
+    assert (r.rule, r.probability, r.evidence) == ("evidence", 0.99, 5.0)
+    with pytest.raises(ValueError, match="alerts.rule"):
+        AlertRules(rule="cusum")
+    with pytest.raises(ValueError, match="alerts.evidence"):
+        AlertRules(rule="evidence", evidence=0)
+
+
 def test_thresholds_fire_on_their_own_and_escalate_one_alert():
     engine = AlertEngine(RULES)
     # a one-sample glitch of 3000 ppm does not alarm

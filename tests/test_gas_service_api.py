@@ -135,7 +135,8 @@ def test_status_detection_alerts_and_ack(svc):
     st = c.get("/api/status").json()
     assert st["system_running"] is True and st["timestamp"] == pytest.approx(time.time(), abs=5)
     assert st["model_status"] == {"is_trained": False, "model_type": "Threshold", "device": "cpu",
-                                  "fallback_reason": None, "alert_probability": 0.7, "source": None}
+                                  "fallback_reason": None, "alert_probability": 0.7,
+                                  "alert_rule": "3 windows in a row at p >= 0.7", "source": None}
     sensors = {s["sensor_id"]: s for s in st["sensors"]}
     assert sensors["n1"]["state"] == "danger" and sensors["n1"]["latest"]["gas_concentration"] == 1200.0
     assert sensors["n1"]["probability"] == pytest.approx(1.0)

@@ -71,11 +71,21 @@ def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     for name in ("PyTorch LSTM+SVM", "Threshold", "Logistic baseline", "Rise baseline"):  # the side-by-side table
         assert name in proc.stdout
     report = json.loads((run / "evaluation.json").read_text())
-    assert report["alert_rule"] == {"consecutive": None, "probability": None}  # null: each detector's operating point
+    # null: each detector's operating point
+    assert report["alert_rule"] == {"rule": None, "consecutive": None, "probability": None, "evidence": None}
     for kind in ("lstm_svm", "svm", "logistic", "rise"):
         op = manifest["detectors"][kind]["operating_point"]
         assert metrics[f"{kind}/alert_probability"] == op["probability"]
-        assert metrics[f"{kind}/alert_consecutive"] == op["consecutive"] in (3, 10, 30)
+        # one of the two rules, with one of the calibration's window counts or evidence levels
+        if op["rule"] == "consecutive":
+            assert metrics[f"{kind}/alert_consecutive"] == op["consecutive"] in (3, 10, 30)
+            assert metrics[f"{kind}/alert_evidence"] is None
+        else:
+            assert op["rule"] == "evidence" and op["probability"] >= 0.5
+            assert metrics[f"{kind}/alert_evidence"] == op["evidence"] in (5, 10, 20, 40, 80)
+            assert metrics[f"{kind}/alert_consecutive"] is None
+        # the per-window figures count p >= evaluate.window_probability (0.5)
+        assert report["detectors"][kind]["window_probability"] == 0.5
     assert metrics["threshold/alert_probability"] == 0.7 and metrics["threshold/alert_consecutive"] == 3
     events = report["detectors"]["threshold"]["event_list"]
     assert events and all(e["latency_s"] is None or e["latency_s"] >= 0 for e in events)

@@ -36,7 +36,10 @@ from plugins.gasleak_lstm_svm.service.alerts import AlertRules, rules_from_confi
 log = logging.getLogger(__name__)
 
 
-def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s: float, grace_s: float) -> dict:
+def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s: float, grace_s: float,
+                      window_probability: float | None = None) -> dict:
+    """Per-window figures at ``window_probability`` (default: the alert rule's), alerts by ``rules``."""
+    window_probability = rules.probability if window_probability is None else window_probability
     ys, preds, per_series, probs_all, alerts_all = [], [], [], [], []
     started = time.monotonic()
     n_windows = 0
@@ -45,7 +48,7 @@ def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s:
         n_windows += int((~np.isnan(probs)).sum())
         y, p = scored_windows(s, probs, tolerance_s)
         ys.append(y)
-        preds.append((p >= rules.probability).astype(np.int64))
+        preds.append((p >= window_probability).astype(np.int64))
         alerts = replay_series(rules, s, probs)
         per_series.append(score_alerts(s, alerts, tolerance_s, grace_s))
         probs_all.append(probs)
@@ -53,7 +56,8 @@ def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s:
     seconds = time.monotonic() - started
     result = window_metrics(np.concatenate(ys), np.concatenate(preds))
     result |= summarise(per_series)
-    result |= {"alert_probability": rules.probability, "windows": n_windows,
+    result |= {"alert_probability": rules.probability, "alert_rule": rules.describe(),
+               "window_probability": window_probability, "windows": n_windows,
                "windows_per_second": n_windows / max(seconds, 1e-9)}
     result["_per_series"] = per_series
     result["_probs"] = probs_all
@@ -62,7 +66,8 @@ def evaluate_detector(det, series: list[Series], rules: AlertRules, tolerance_s:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    rows = [("alert_probability", "{:g}"), ("alert_consecutive", "{}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}"),
+    rows = [("alert_probability", "{:g}"), ("alert_consecutive", "{}"), ("alert_evidence", "{:g}"),
+            ("window_probability", "{:g}"), ("precision", "{:.4f}"), ("recall", "{:.4f}"), ("f1", "{:.4f}"),
             ("accuracy", "{:.4f}"), ("false_alarm_rate", "{:.5f}"), ("events_detected", "{}"), ("events", "{}"),
             ("detection_rate", "{:.3f}"), ("latency_median_s", "{:.1f}"), ("latency_p90_s", "{:.1f}"),
             ("false_alerts", "{}"), ("false_alerts_per_day", "{:.2f}"), ("false_alerts_per_week", "{:.2f}"),
@@ -171,9 +176,12 @@ def run(cfg: DictConfig) -> dict:
             log.info("%s not in the bundle (%s); skipped", STATUS[kind], det.fallback_reason)
             continue
         rules = AlertRules.from_config(cfg.alerts, det.operating_point)
-        log.info("scoring %s (alert after %d windows at p >= %g)", det.status, rules.consecutive, rules.probability)
-        results[kind] = evaluate_detector(det, series, rules, tolerance_s, grace_s)
-        results[kind]["alert_consecutive"] = rules.consecutive
+        window_p = ecfg.get("window_probability")  # null: the alert rule's probability
+        log.info("scoring %s (alert at %s; per-window threshold %g)", det.status, rules.describe(),
+                 rules.probability if window_p is None else window_p)
+        results[kind] = evaluate_detector(det, series, rules, tolerance_s, grace_s, window_p)
+        results[kind]["alert_consecutive"] = rules.consecutive if rules.rule == "consecutive" else None
+        results[kind]["alert_evidence"] = rules.evidence if rules.rule == "evidence" else None
         if isinstance(det, ThresholdDetector):
             results[kind] |= {"warning_ppm": det.warning_ppm, "danger_ppm": det.danger_ppm}
     print(format_table(results), flush=True)
@@ -189,7 +197,8 @@ def run(cfg: DictConfig) -> dict:
                                              for t in ps["false_alerts"]]
     (out_dir / "evaluation.json").write_text(json.dumps(
         {"bundle": str(bundle), "tolerance_s": tolerance_s, "grace_s": grace_s,
-         "alert_rule": {"consecutive": cfg.alerts.consecutive, "probability": cfg.alerts.probability},
+         "alert_rule": {"rule": cfg.alerts.get("rule"), "consecutive": cfg.alerts.consecutive,
+                        "probability": cfg.alerts.probability, "evidence": cfg.alerts.get("evidence")},
          "detectors": report}, indent=2))
     print(f"wrote {out_dir / 'evaluation.json'}, {out_dir / 'confusion.png'}, {out_dir / 'day.png'}", flush=True)
 

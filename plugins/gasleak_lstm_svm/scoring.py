@@ -146,45 +146,50 @@ def summarise(per_series: list[dict]) -> dict:
 
 
 def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, false_alerts_per_day: float,
-              tolerance_s: float = 0.0, grace_s: float = 60.0, grid=GRID, consecutive=None) -> dict:
-    """The operating point of the alert rule: a probability and a number of consecutive windows.
+              tolerance_s: float = 0.0, grace_s: float = 60.0, grid=GRID, consecutive=None, evidence=()) -> dict:
+    """The operating point of the alert rule.
 
-    Every pair of ``grid`` (probabilities) and ``consecutive`` (window counts; default: the rules'
-    own) is replayed on ``series``. Among the pairs whose false alerts stay within
-    ``false_alerts_per_day``, the one that detects the most releases, then raises the fewest false
-    alerts (the budget is a ceiling, not a target: a threshold at its edge on a few days exceeds it
-    on the next ones), then needs the fewest windows in a row (each costs a second of latency), then
-    has the best per-window F1 (thousands of windows: a steadier guide than a handful of
-    latencies), then the higher probability. When none meets the budget, the quietest.
-    More windows in a row is what a sensor needs whose clean air has bumps as high as a weak
-    release's (a plume's edge, a background that wanders): a release lasts, a bump does not.
+    Candidates, each replayed on ``series`` through the alert engine: the consecutive-window rule at
+    every pair of ``grid`` (probabilities) and ``consecutive`` (window counts; default: the rules'
+    own), and the evidence rule at every pair of the probabilities of ``grid`` from 0.5 up and the
+    log-odds levels ``evidence`` (none: that rule is not tried). Among those whose false alerts stay
+    within ``false_alerts_per_day``, the one that detects the most releases, then raises the fewest
+    false alerts (the budget is a ceiling, not a target: a threshold at its edge on a few days
+    exceeds it on the next ones), then confirms releases soonest (the median latency, whole
+    seconds), then needs the fewest windows in a row, then has the best per-window F1, then the
+    higher probability. When none meets the budget, the quietest.
+    More evidence or windows in a row is what a sensor needs whose clean air has bumps as high as a
+    weak release's (a plume's edge, a background that wanders): a release lasts, a bump does not.
     The ppm threshold rule is left out here: its alerts do not depend on the probability, and on a
     sensor that reaches those levels they would hide what the model alone detects."""
     counts = sorted({int(k) for k in (consecutive or [rules.consecutive])})
     windows = [scored_windows(s, pr, tolerance_s) for s, pr in zip(series, probs)]
     y = np.concatenate([w[0] for w in windows]) if windows else np.zeros(0, np.int64)
     pw = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)
+    f1s = {float(p): window_metrics(y, (pw >= p).astype(np.int64))["f1"] for p in grid}
+    model_only = replace(rules, warning_ppm=np.finfo(float).max / 2, danger_ppm=np.inf)
+    candidates = [dict(rule="consecutive", probability=float(p), consecutive=k) for p in grid for k in counts]
+    candidates += [dict(rule="evidence", probability=float(p), evidence=float(e), consecutive=None)
+                   for p in grid if p >= 0.5 for e in sorted({float(e) for e in evidence})]
     rows = []
-    for p in grid:
-        f1 = window_metrics(y, (pw >= p).astype(np.int64))["f1"]
-        for k in counts:
-            r = replace(rules, probability=float(p), consecutive=k, warning_ppm=np.finfo(float).max / 2,
-                        danger_ppm=np.inf)
-            per = [score_alerts(s, replay_series(r, s, pr), tolerance_s, grace_s) for s, pr in zip(series, probs)]
-            sm = summarise(per)
-            rate = sm["false_alerts_per_day"] if sm["false_alerts_per_day"] is not None else 0.0
-            rows.append({"probability": float(p), "consecutive": k, "false_alerts_per_day": rate,
-                         "false_alerts": sm["false_alerts"], "detected": sm["events_detected"],
-                         "latency_median_s": sm["latency_median_s"], "window_f1": f1})
+    for c in candidates:
+        r = replace(model_only, **{k: v for k, v in c.items() if v is not None})
+        sm = summarise([score_alerts(s, replay_series(r, s, pr), tolerance_s, grace_s) for s, pr in zip(series, probs)])
+        rate = sm["false_alerts_per_day"] if sm["false_alerts_per_day"] is not None else 0.0
+        rows.append({**c, "false_alerts_per_day": rate, "false_alerts": sm["false_alerts"],
+                     "detected": sm["events_detected"], "latency_median_s": sm["latency_median_s"],
+                     "window_f1": f1s[c["probability"]]})
     within = [r for r in rows if r["false_alerts_per_day"] <= false_alerts_per_day]
     if within:
-        best = min(within, key=lambda r: (-r["detected"], r["false_alerts"], r["consecutive"], -round(r["window_f1"], 3),
-                                          -r["probability"]))
+        best = min(within, key=lambda r: (-r["detected"], r["false_alerts"],
+                                          round(r["latency_median_s"]) if r["latency_median_s"] is not None else np.inf,
+                                          r["consecutive"] or 0, -round(r["window_f1"], 3), -r["probability"]))
     else:
-        best = min(rows, key=lambda r: (r["false_alerts_per_day"], -r["detected"], r["consecutive"], -r["probability"]))
-    return {"probability": best["probability"], "consecutive": best["consecutive"], "calibrated": True,
+        best = min(rows, key=lambda r: (r["false_alerts_per_day"], -r["detected"], r["consecutive"] or 0, -r["probability"]))
+    keys = ("rule", "probability", "consecutive", "evidence")
+    return {**{k: best.get(k) for k in keys}, "calibrated": True,
             "budget_false_alerts_per_day": float(false_alerts_per_day), "met_budget": bool(within),
-            "validation": {k: v for k, v in best.items() if k not in ("probability", "consecutive")},
+            "validation": {k: v for k, v in best.items() if k not in keys},
             "validation_series": len(series),
             "validation_clean_hours": clean_hours(series)}
 

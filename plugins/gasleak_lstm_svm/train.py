@@ -25,7 +25,7 @@ from plugins.gasleak_lstm_svm.bundle import find_detector, save_bundle
 from plugins.gasleak_lstm_svm.estimators import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
                                                  ThresholdDetector)
 from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, clean_hours, series_probabilities
-from plugins.gasleak_lstm_svm.service.alerts import rules_from_config
+from plugins.gasleak_lstm_svm.service.alerts import AlertRules, rules_from_config
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,12 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     ccfg = cfg.alerts.get("calibration") or {}
     # a fixed alerts.consecutive is not calibrated
     counts = [rules.consecutive] if cfg.alerts.get("consecutive") is not None else ccfg.get("consecutive")
+    # the evidence rule is tried unless a rule is fixed: alerts.rule=consecutive, or alerts.consecutive alone
+    fixed_rule = cfg.alerts.get("rule") or ("consecutive" if cfg.alerts.get("consecutive") is not None else None)
+    levels = [] if fixed_rule == "consecutive" else list(ccfg.get("evidence") or [])
+    if fixed_rule == "evidence":
+        counts = []
+        levels = [rules.evidence] if cfg.alerts.get("evidence") is not None else levels
     val = dm.series("val")
     series = calibration_series(val, dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
     clean_h = clean_hours(series)
@@ -195,13 +201,15 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     for j, det in enumerate(members):
         probs = [series_probabilities(scorers[id(v)][j] if id(v) in scorers else det, v) for v in series]
         det.operating_point = calibrate(series, probs, rules, budget, float(cfg.evaluate.tolerance_s),
-                                        float(cfg.evaluate.grace_s), consecutive=counts)
+                                        float(cfg.evaluate.grace_s), consecutive=counts, evidence=levels)
         op = det.operating_point
-        print(f"{det.status}: alert after {op['consecutive']} windows at p >= {op['probability']:g} "
+        chosen = AlertRules.from_config({}, op)
+        print(f"{det.status}: alert at {chosen.describe()} "
               f"({op['validation']['false_alerts_per_day']:.2f} false alerts a day in {clean_h:.1f} h of clean air, "
               f"budget {budget:g}{'' if op['met_budget'] else ', NOT met'})", flush=True)
         metrics[f"{det.kind}/alert_probability"] = op["probability"]
         metrics[f"{det.kind}/alert_consecutive"] = op["consecutive"]
+        metrics[f"{det.kind}/alert_evidence"] = op.get("evidence")
     metrics["calibration_seconds"] = round(time.monotonic() - started, 2)
     return detector, baselines, metrics
 

@@ -3,11 +3,16 @@
 Pure logic (no I/O, no clock of its own), so the rules are tested by feeding it samples.
 
 Rules (the numbers are ``alerts.*`` in conf/task/gasleak.yaml):
-- model: a leak is confirmed after ``consecutive`` windows in a row with probability >=
-  ``probability`` -- the detector's operating point, both calibrated at training time to a
-  false-alert budget (or fixed: ``alerts.probability``, 0.7, and ``alerts.consecutive``, 3, in the
-  original system). The evaluate mode replays
-  recorded series through this same engine (``replay``). Level ``warning``.
+- model, one of two rules (``rule``), the detector's operating point, calibrated at training time
+  to a false-alert budget (or fixed through ``alerts.*``):
+  ``consecutive``: a leak is confirmed after ``consecutive`` windows in a row with probability >=
+  ``probability`` (the original system's rule: 3 windows at 0.7);
+  ``evidence``: each window adds its log-odds over ``probability``'s, ``logit(p) - logit(probability)``,
+  to a running sum kept between 0 and ``evidence`` (a CUSUM), and a leak is confirmed while the
+  sum is at ``evidence``. A window at p = 0.9999 counts for several at 0.99, and a dip below the probability
+  takes evidence away instead of starting over: a strong leak is confirmed in a window or two, a
+  weak one once it has lasted, while a short clean-air bump spends what it gathered.
+  The evaluate mode replays recorded series through this same engine (``replay``). Level ``warning``.
 - thresholds: ``threshold_samples`` readings in a row at or above ``warning_ppm`` (500) open a
   ``warning``, at or above ``danger_ppm`` (1000) a ``danger``, whatever the model says. The same
   two levels (``alerts.warning_ppm``, ``alerts.danger_ppm``: the one place they are configured)
@@ -31,6 +36,17 @@ LEVELS = ("info", "warning", "danger")
 RANK = {level: i for i, level in enumerate(LEVELS)}
 # Events worth telling people about; "updated" (a new peak) is only stored.
 NOTIFY = ("opened", "escalated", "closed")
+RULES = ("consecutive", "evidence")
+# a window's log-odds are capped here (p ~ 0.99995): a probability of exactly 1 adds no more than that
+LOGIT_CAP = 10.0
+
+
+def log_odds(p: float) -> float:
+    """logit(p), capped at +-LOGIT_CAP."""
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return float(np.clip(np.log(p / (1.0 - p)), -LOGIT_CAP, LOGIT_CAP))
+
+
 # The code defaults of the ppm levels (the original's, for natural gas); configured in alerts.*.
 WARNING_PPM = 500.0
 DANGER_PPM = 1000.0
@@ -40,6 +56,8 @@ DANGER_PPM = 1000.0
 class AlertRules:
     consecutive: int = 3
     probability: float = 0.7
+    rule: str = "consecutive"  # or "evidence" (see the module's docstring)
+    evidence: float = 10.0     # log-odds the evidence rule needs
     warning_ppm: float = WARNING_PPM
     danger_ppm: float = DANGER_PPM
     threshold_samples: int = 2
@@ -55,6 +73,10 @@ class AlertRules:
             raise ValueError(f"alerts.probability must be in (0, 1], not {self.probability}")
         if not 0 < self.warning_ppm < self.danger_ppm:
             raise ValueError(f"alerts: need 0 < warning_ppm < danger_ppm, got {self.warning_ppm}, {self.danger_ppm}")
+        if self.rule not in RULES:
+            raise ValueError(f"alerts.rule must be one of {RULES}, not {self.rule!r}")
+        if not self.evidence > 0:
+            raise ValueError(f"alerts.evidence must be > 0, not {self.evidence}")
         if self.offline_level not in LEVELS:
             raise ValueError(f"alerts.offline_level must be one of {LEVELS}, not {self.offline_level!r}")
 
@@ -69,15 +91,31 @@ class AlertRules:
                     f"{100 * self.threshold_inactive_below:g} % of the {self.warning_ppm:g} ppm warning level")
         return "active"
 
+    @property
+    def positive_offset(self) -> float:
+        """The log-odds of ``probability``: what a window must beat to add evidence."""
+        return log_odds(self.probability)
+
+    def describe(self) -> str:
+        if self.rule == "evidence":
+            return f"evidence {self.evidence:g} (log-odds over p >= {self.probability:g})"
+        return f"{self.consecutive} windows in a row at p >= {self.probability:g}"
+
     @classmethod
     def from_config(cls, cfg, operating_point: dict | None = None) -> "AlertRules":
-        """The rules of ``alerts.*``; ``alerts.probability: null`` and ``alerts.consecutive: null``
-        take the detector's calibrated operating point, else the original 0.7 and 3 windows."""
+        """The rules of ``alerts.*``; ``alerts.rule``, ``probability``, ``consecutive`` and ``evidence``
+        left null take the detector's calibrated operating point, else the original rule (3 windows
+        in a row at 0.7). Setting ``alerts.probability`` or ``alerts.consecutive`` alone means the
+        consecutive-window rule unless ``alerts.rule`` says otherwise."""
         names = cls.__dataclass_fields__
         kwargs = {k: v for k, v in dict(cfg).items() if k in names and v is not None}
-        for key, kind in (("probability", float), ("consecutive", int)):
-            if cfg.get(key) is None and operating_point and operating_point.get(key) is not None:
-                kwargs[key] = kind(operating_point[key])
+        op = operating_point or {}
+        fixed = any(cfg.get(k) is not None for k in ("probability", "consecutive", "evidence"))
+        if cfg.get("rule") is None and op.get("rule") is not None and not fixed:
+            kwargs["rule"] = str(op["rule"])
+        for key, kind in (("probability", float), ("consecutive", int), ("evidence", float)):
+            if cfg.get(key) is None and op.get(key) is not None:
+                kwargs[key] = kind(op[key])
         return cls(**kwargs)
 
 
@@ -94,6 +132,7 @@ def rules_from_config(cfg, operating_point: dict | None = None) -> AlertRules:
 @dataclass
 class _Track:
     positives: int = 0       # consecutive windows at or above the probability
+    evidence: float = 0.0    # the evidence rule's running sum of log-odds over the probability
     warn_run: int = 0        # consecutive readings >= warning_ppm
     danger_run: int = 0      # consecutive readings >= danger_ppm
     normal_run: int = 0      # consecutive normal readings while a leak alert is open
@@ -128,6 +167,9 @@ class AlertEngine:
         if probability is not None:
             t.probability = float(probability)
             t.positives = t.positives + 1 if probability >= r.probability else 0
+            if r.rule == "evidence":
+                # capped at the level: after a long leak the sum is back under it in a window or two
+                t.evidence = min(r.evidence, max(0.0, t.evidence + log_odds(probability) - r.positive_offset))
         t.warn_run = t.warn_run + 1 if ppm >= r.warning_ppm else 0
         t.danger_run = t.danger_run + 1 if ppm >= r.danger_ppm else 0
 
@@ -136,7 +178,8 @@ class AlertEngine:
             level, causes = "danger", ["threshold"]
         elif t.warn_run >= r.threshold_samples:
             level, causes = "warning", ["threshold"]
-        if t.positives >= r.consecutive:
+        confirmed = t.evidence >= r.evidence if r.rule == "evidence" else t.positives >= r.consecutive
+        if confirmed:
             level, causes = level or "warning", causes + ["model"]
 
         if level is not None:
@@ -163,7 +206,7 @@ class AlertEngine:
                 t.leak.update(end_ts=ts)
                 t.leak["message"] += f"; back to normal ({ppm:.0f} ppm)"
                 changes.append(("closed", t.leak))
-                t.leak, t.normal_run = None, 0
+                t.leak, t.normal_run, t.evidence = None, 0, 0.0
             elif changed:
                 changes.append(("updated", t.leak))
         return changes
@@ -180,6 +223,7 @@ class AlertEngine:
                              "message": f"sensor {sensor_id} offline: no reading for {now - seen:.0f} s"}
                 # a window must not span the gap: the detector starts over when it is back
                 t.positives = t.warn_run = t.danger_run = 0
+                t.evidence = 0.0
                 changes.append(("opened", t.offline))
         return changes
 
@@ -192,13 +236,14 @@ class AlertEngine:
             return "offline"
         if t.leak is not None:
             return t.leak["level"]
-        if t.positives > 0 or t.warn_run > 0:
+        if t.positives > 0 or t.evidence > 0 or t.warn_run > 0:
             return "suspect"
         return "normal"
 
     def reset_window(self, sensor_id: str) -> None:
         """The sensor's window history was cut (a gap): consecutive-window counting starts over."""
-        self._track(sensor_id).positives = 0
+        track = self._track(sensor_id)
+        track.positives, track.evidence = 0, 0.0
 
     @staticmethod
     def _peaks(alert: dict, ppm: float, probability: float | None) -> bool:
@@ -215,7 +260,7 @@ class AlertEngine:
             limit = r.danger_ppm if level == "danger" else r.warning_ppm
             why.append(f"gas {ppm:.0f} ppm >= {limit:.0f} ppm for {r.threshold_samples} readings")
         if "model" in causes:
-            why.append(f"the detector confirmed a leak ({r.consecutive} windows in a row at p >= {r.probability:g}"
+            why.append(f"the detector confirmed a leak ({r.describe()}"
                        + (f", p={probability:.2f})" if probability is not None else ")"))
         return f"{level.upper()} sensor {sensor_id}: " + "; ".join(why)
 
@@ -240,7 +285,7 @@ def replay(rules: AlertRules, times, gas, probs, sensor_id: str = "replay") -> l
     alerts: list[dict] = []
     i, k, n = 0, 0, len(times)
     while True:
-        busy = track.leak is not None or track.positives > 0 or track.warn_run > 0
+        busy = track.leak is not None or track.positives > 0 or track.evidence > 0 or track.warn_run > 0
         if not busy:
             while k < len(active) and active[k] < i:
                 k += 1

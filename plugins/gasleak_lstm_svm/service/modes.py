@@ -164,8 +164,7 @@ def _run_service(cfg: DictConfig, detector, source: str, *, simulate: bool) -> d
         url = server.start().url
         print(f"dashboard: {url}/", flush=True)
         print(f"API docs:  {url}/docs   status: {url}/api/status", flush=True)
-        print(f"detector:  {pipeline.model_status()['model_type']} ({source}); alert at {rules.consecutive} windows "
-              f"in a row at p >= {rules.probability:g}", flush=True)
+        print(f"detector:  {pipeline.model_status()['model_type']} ({source}); alert at {rules.describe()}", flush=True)
         print(f"storage:   {db_path}", flush=True)
         if bridge is not None:
             print(f"MQTT:      {mc.host}:{mc.port} topics {bridge.sensor_topic}/<sensor_id> -> {bridge.alerts_topic}", flush=True)

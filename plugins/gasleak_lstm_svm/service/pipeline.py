@@ -467,6 +467,7 @@ class Pipeline:
                 "device": str(getattr(d, "device", "cpu")),
                 "fallback_reason": self.model_fallback_reason or getattr(d, "fallback_reason", None),
                 "alert_probability": self.engine.rules.probability,
+                "alert_rule": self.engine.rules.describe(),
                 "source": getattr(self, "detector_source", None)}
 
     def sensor_views(self) -> list[dict]:

@@ -183,6 +183,8 @@ class ModelStatus(BaseModel):
     fallback_reason: str | None = None
     alert_probability: float | None = Field(None, description="the alert rule's probability threshold: the "
                                             "detector's calibrated operating point unless alerts.probability is set")
+    alert_rule: str | None = Field(None, description="the model alert rule in words, e.g. '10 windows in a row "
+                                   "at p >= 0.99' or 'evidence 10 (log-odds over p >= 0.99)'")
     source: str | None = Field(None, description="the detector bundle in use")
 
 
