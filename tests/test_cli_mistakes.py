@@ -37,6 +37,8 @@ MISTAKES = {  # arguments, fragments of the one line
                            ["experiment/nonexistent", "music_smoke"]),
     "unknown hparams_search": (["task=gasleak", "train", "hparams_search=nope"], ["hparams_search/nope", "gasleak_optuna"]),
     "a plugin's message, unwrapped": (["task=gasleak", "train", "data=csv"], ["error: data=csv needs data.path=<file.csv>"]),
+    "unknown alert rule to calibrate": (["task=gasleak", "train", "alerts.calibration.rules=[cusum]"],
+                                        ["alerts.calibration.rules must be a list of consecutive, evidence"]),
     "hostile resume checkpoint": (["task=music", "train", "ckpt_path={hostile}"], ["refused checkpoint", "posix.system"]),
     "hostile init_from": (["task=music", "train", "init_from={hostile}"], ["refused checkpoint", "could run code"]),
     "hostile checkpoint to generate from": (["task=music", "generate", "ckpt_path={hostile}"], ["refused checkpoint"]),

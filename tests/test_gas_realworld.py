@@ -553,7 +553,8 @@ def test_fine_tune_a_bundle_on_a_sites_recordings(run_cli, outputs, tmp_path):
     pd.concat(frames).to_csv(site, index=False)
     proc = run_cli("task=gasleak", "train", f"init_from={first.parent}", "data=csv", f"data.path={site}",
                    "data.train_stride=20", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                   "detector.svm.max_samples=600", "detector.svm.calibration_cv=3", "data.baseline_s=120")
+                   "detector.svm.max_samples=600", "detector.svm.calibration_cv=3", "data.baseline_s=120",
+                   "alerts.calibration.rules=[evidence]")
     assert "fine-tuning from the detector bundle" in proc.stdout + proc.stderr
     assert "initialised weights from" in proc.stdout + proc.stderr
     metrics = last_json_line(proc.stdout)
@@ -567,6 +568,11 @@ def test_fine_tune_a_bundle_on_a_sites_recordings(run_cli, outputs, tmp_path):
     assert b["inputs"] == a["inputs"] and b["channel_mean"] == a["channel_mean"] and b["inputs"]["baseline_s"] == 600
     manifest = json.loads((second / "manifest.json").read_text())
     assert manifest["detectors"]["lstm_svm"]["operating_point"]["calibrated"]  # recalibrated on the site's data
+    # ... with the evidence rule only (alerts.calibration.rules=[evidence]), every detector
+    for kind, entry in manifest["detectors"].items():
+        op = entry["operating_point"]
+        assert op["rule"] == "evidence" and op["evidence"] in (5, 10, 20, 40, 80) and op["probability"] >= 0.5, kind
+    assert "alert at evidence" in proc.stdout
     assert metrics["lstm_svm/alert_probability"] == manifest["detectors"]["lstm_svm"]["operating_point"]["probability"]
     # the site's 3 training recordings are pooled into calibration, each scored out of fold
     assert metrics["calibration_cross_fit_folds"] == 3

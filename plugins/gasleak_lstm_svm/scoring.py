@@ -151,7 +151,7 @@ def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, 
 
     Candidates, each replayed on ``series`` through the alert engine: the consecutive-window rule at
     every pair of ``grid`` (probabilities) and ``consecutive`` (window counts; default: the rules'
-    own), and the evidence rule at every pair of the probabilities of ``grid`` from 0.5 up and the
+    own; an empty list: that rule is not tried), and the evidence rule at every pair of the probabilities of ``grid`` from 0.5 up and the
     log-odds levels ``evidence`` (none: that rule is not tried). Among those whose false alerts stay
     within ``false_alerts_per_day``, the one that detects the most releases, then raises the fewest
     false alerts (the budget is a ceiling, not a target: a threshold at its edge on a few days
@@ -162,7 +162,7 @@ def calibrate(series: list[Series], probs: list[np.ndarray], rules: AlertRules, 
     weak release's (a plume's edge, a background that wanders): a release lasts, a bump does not.
     The ppm threshold rule is left out here: its alerts do not depend on the probability, and on a
     sensor that reaches those levels they would hide what the model alone detects."""
-    counts = sorted({int(k) for k in (consecutive or [rules.consecutive])})
+    counts = sorted({int(k) for k in ([rules.consecutive] if consecutive is None else consecutive)})
     windows = [scored_windows(s, pr, tolerance_s) for s, pr in zip(series, probs)]
     y = np.concatenate([w[0] for w in windows]) if windows else np.zeros(0, np.int64)
     pw = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)

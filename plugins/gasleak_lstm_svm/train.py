@@ -25,7 +25,7 @@ from plugins.gasleak_lstm_svm.bundle import find_detector, save_bundle
 from plugins.gasleak_lstm_svm.estimators import (LogisticDetector, LSTMSVMDetector, RiseDetector, SVMDetector,
                                                  ThresholdDetector)
 from plugins.gasleak_lstm_svm.scoring import calibrate, calibration_series, clean_hours, series_probabilities
-from plugins.gasleak_lstm_svm.service.alerts import AlertRules, rules_from_config
+from plugins.gasleak_lstm_svm.service.alerts import RULES, AlertRules, rules_from_config
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,21 @@ def resolve_init_from(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def calibration_candidates(cfg: DictConfig, rules) -> tuple[list[int], list[float]]:
+    """The window counts and evidence levels calibration tries: those of the rules in
+    ``alerts.calibration.rules``, or of the one rule fixed by ``alerts.rule`` (or by
+    ``alerts.consecutive`` alone); a fixed window count or evidence level is not calibrated."""
+    ccfg = cfg.alerts.get("calibration") or {}
+    tried = list(ccfg.get("rules") or ["consecutive"])
+    fixed_rule = cfg.alerts.get("rule") or ("consecutive" if cfg.alerts.get("consecutive") is not None else None)
+    tried = [fixed_rule] if fixed_rule else tried
+    if not set(tried) <= set(RULES):
+        raise UserError(f"alerts.calibration.rules must be a list of {', '.join(RULES)}, got {tried}")
+    counts = [rules.consecutive] if cfg.alerts.get("consecutive") is not None else list(ccfg.get("consecutive") or [3])
+    levels = [rules.evidence] if cfg.alerts.get("evidence") is not None else list(ccfg.get("evidence") or [rules.evidence])
+    return (counts if "consecutive" in tried else []), (levels if "evidence" in tried else [])
+
+
 def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best: str | None = None) -> tuple:
     """The SVMs on windows from the training series, the baselines, and each one's operating point
     calibrated on the validation series. Returns (primary detector, baselines, metrics)."""
@@ -181,14 +196,7 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     rules = rules_from_config(cfg.alerts)
     budget = float(cfg.alerts.false_alarms_per_day)
     ccfg = cfg.alerts.get("calibration") or {}
-    # a fixed alerts.consecutive is not calibrated
-    counts = [rules.consecutive] if cfg.alerts.get("consecutive") is not None else ccfg.get("consecutive")
-    # the evidence rule is tried unless a rule is fixed: alerts.rule=consecutive, or alerts.consecutive alone
-    fixed_rule = cfg.alerts.get("rule") or ("consecutive" if cfg.alerts.get("consecutive") is not None else None)
-    levels = [] if fixed_rule == "consecutive" else list(ccfg.get("evidence") or [])
-    if fixed_rule == "evidence":
-        counts = []
-        levels = [rules.evidence] if cfg.alerts.get("evidence") is not None else levels
+    counts, levels = calibration_candidates(cfg, rules)
     val = dm.series("val")
     series = calibration_series(val, dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
     clean_h = clean_hours(series)
@@ -243,6 +251,7 @@ def run(cfg: DictConfig) -> dict:
     bundle_dir = runs.run_dir() / "detector"
     metrics: dict = {}
     rules = rules_from_config(cfg.alerts)  # the ppm levels of alerts.*, also the threshold detector's
+    calibration_candidates(cfg, rules)  # a bad alerts.calibration.rules: one line now, not after stage 1
     best = encoder = None
 
     if kind == "threshold":
