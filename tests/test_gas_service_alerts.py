@@ -164,6 +164,11 @@ def test_the_evidence_rule_from_config_and_the_operating_point():
     assert (r.rule, r.consecutive, r.probability) == ("consecutive", 3, 0.7)
     r = AlertRules.from_config({"rule": "evidence", "evidence": 5}, op)
     assert (r.rule, r.probability, r.evidence) == ("evidence", 0.99, 5.0)
+    # alerts.evidence alone: the evidence rule, whatever the bundle's
+    consecutive_op = {"rule": "consecutive", "probability": 0.9, "consecutive": 10}
+    r = AlertRules.from_config({"evidence": 15}, consecutive_op)
+    assert (r.rule, r.probability, r.evidence) == ("evidence", 0.9, 15.0)
+    assert AlertRules.from_config({}, consecutive_op).describe() == "10 windows in a row at p >= 0.9"
     with pytest.raises(ValueError, match="alerts.rule"):
         AlertRules(rule="cusum")
     with pytest.raises(ValueError, match="alerts.evidence"):

@@ -105,14 +105,16 @@ class AlertRules:
     def from_config(cls, cfg, operating_point: dict | None = None) -> "AlertRules":
         """The rules of ``alerts.*``; ``alerts.rule``, ``probability``, ``consecutive`` and ``evidence``
         left null take the detector's calibrated operating point, else the original rule (3 windows
-        in a row at 0.7). Setting ``alerts.probability`` or ``alerts.consecutive`` alone means the
-        consecutive-window rule unless ``alerts.rule`` says otherwise."""
+        in a row at 0.7). Unless ``alerts.rule`` says which, setting ``alerts.evidence`` means the
+        evidence rule, and ``alerts.probability`` or ``alerts.consecutive`` the consecutive one."""
         names = cls.__dataclass_fields__
         kwargs = {k: v for k, v in dict(cfg).items() if k in names and v is not None}
         op = operating_point or {}
-        fixed = any(cfg.get(k) is not None for k in ("probability", "consecutive", "evidence"))
-        if cfg.get("rule") is None and op.get("rule") is not None and not fixed:
-            kwargs["rule"] = str(op["rule"])
+        if cfg.get("rule") is None:
+            if cfg.get("evidence") is not None:
+                kwargs["rule"] = "evidence"
+            elif cfg.get("probability") is None and cfg.get("consecutive") is None and op.get("rule") is not None:
+                kwargs["rule"] = str(op["rule"])
         for key, kind in (("probability", float), ("consecutive", int), ("evidence", float)):
             if cfg.get(key) is None and op.get(key) is not None:
                 kwargs[key] = kind(op[key])
