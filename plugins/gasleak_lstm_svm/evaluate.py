@@ -168,6 +168,7 @@ def run(cfg: DictConfig) -> dict:
           f"probability), tolerance {tolerance_s:g} s", flush=True)
 
     results: dict[str, dict] = {}
+    window_p = ecfg.get("window_probability")  # null: each detector's alert probability
     for kind in ecfg.detectors:
         if kind not in DETECTORS:
             continue
@@ -176,7 +177,6 @@ def run(cfg: DictConfig) -> dict:
             log.info("%s not in the bundle (%s); skipped", STATUS[kind], det.fallback_reason)
             continue
         rules = AlertRules.from_config(cfg.alerts, det.operating_point)
-        window_p = ecfg.get("window_probability")  # null: the alert rule's probability
         log.info("scoring %s (alert at %s; per-window threshold %g)", det.status, rules.describe(),
                  rules.probability if window_p is None else window_p)
         results[kind] = evaluate_detector(det, series, rules, tolerance_s, grace_s, window_p)

@@ -27,6 +27,7 @@ Rules (the numbers are ``alerts.*`` in conf/task/gasleak.yaml):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -42,9 +43,9 @@ LOGIT_CAP = 10.0
 
 
 def log_odds(p: float) -> float:
-    """logit(p), capped at +-LOGIT_CAP."""
+    """logit(p), capped at +-LOGIT_CAP (plain floats: the engine calls it once a reading)."""
     p = min(max(p, 1e-12), 1.0 - 1e-12)
-    return float(np.clip(np.log(p / (1.0 - p)), -LOGIT_CAP, LOGIT_CAP))
+    return min(max(math.log(p / (1.0 - p)), -LOGIT_CAP), LOGIT_CAP)
 
 
 # The code defaults of the ppm levels (the original's, for natural gas); configured in alerts.*.
