@@ -533,7 +533,7 @@ def test_rise_baseline_scores_a_rise_over_the_clean_air_baseline():
     assert p[y == 1].mean() > p[y == 0].mean() + 0.3
 
 
-TINY = ["data.seconds_per_day=7200", "data.train_days=1", "data.val_days=1", "data.test_days=1",
+TINY = ["data.seconds_per_day=7200", "data.train_days=1", "data.val_days=1", "data.calibration_days=null", "data.test_days=1",
         "data.leaks_per_hour=1.0", "data.train_stride=20", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "detector.svm.max_samples=600", "detector.svm.calibration_cv=3"]
 

@@ -160,12 +160,33 @@ def test_datamodule_draws_its_share_of_days_from_the_domain():
     assert 400 <= narrow.series("train")[0].meta["domain"]["background_ppm"] <= 500
 
 
+def test_calibration_days_continue_the_validation_days():
+    """The calibration's extra days are the validation seeds' next days (the validation days of a
+    module with more of them), randomised in the same pattern, none of them a training or test day."""
+    dm = SimulatorDataModule(seconds_per_day=1200, train_days=2, val_days=2, test_days=2, domain_fraction=0.5,
+                             calibration_days=5)
+    cal = dm.series_for_calibration()
+    assert len(cal) == 5 and cal[:2] == dm.series("val")
+    longer = SimulatorDataModule(seconds_per_day=1200, train_days=2, val_days=5, test_days=2, domain_fraction=0.5)
+    for a, b in zip(cal, longer.series("val")):
+        assert a.series_id == b.series_id and np.array_equal(a.signal, b.signal)
+    assert [s.meta["domain"] is not None for s in cal] == [False, True, False, True, False]
+    others = [s.signal[:, 0] for split in ("train", "test") for s in dm.series(split)]
+    assert not any(np.array_equal(c.signal[:, 0], o) for c in cal for o in others)
+    # none (or fewer than the validation days): the validation days alone
+    for days in (None, 1):
+        few = SimulatorDataModule(seconds_per_day=600, val_days=2, calibration_days=days)
+        assert few.series_for_calibration() == few.series("val")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"domain_fraction": 1.5}, "domain_fraction"),
     ({"domain": {"backgrounds": [1, 2]}}, "unknown key.*backgrounds"),
     ({"domain": {"background_ppm": [300, 1]}}, "background_ppm must be a range"),
     ({"domain": {"sample_interval_s": [0, 2]}}, "sample_interval_s must be above 0"),
     ({"domain": {"leak_kinds": ["seep", "flood"]}}, "leak_kinds"),
+    ({"calibration_days": 0}, "calibration_days must be a whole number"),
+    ({"calibration_days": 2.5}, "calibration_days must be a whole number"),
 ])
 def test_bad_domain_config_is_a_one_line_user_error(kwargs, match):
     with pytest.raises(UserError, match=match) as err:

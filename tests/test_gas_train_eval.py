@@ -13,7 +13,7 @@ import yaml
 from conftest import last_json_line
 
 TINY = [
-    "data.seconds_per_day=7200", "data.train_days=1", "data.val_days=1", "data.test_days=1",
+    "data.seconds_per_day=7200", "data.train_days=1", "data.val_days=1", "data.calibration_days=null", "data.test_days=1",
     "data.leaks_per_hour=1.0", "data.train_stride=20", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
     "detector.svm.max_samples=800", "detector.svm.calibration_cv=3",
 ]
@@ -31,7 +31,8 @@ def latest_run(outputs: Path, mode: str) -> Path:
 @pytest.mark.slow
 def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     # two epochs: one (22 steps) leaves stage 1 near its initialisation (validation accuracy 0.48 here; 0.90 after two)
-    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=2"]
+    tiny = [o for o in TINY if not o.startswith(("trainer.max_epochs=", "data.calibration_days="))]
+    tiny += ["trainer.max_epochs=2", "data.calibration_days=2"]  # the validation day and one more
     proc = run_cli("task=gasleak", "train", *tiny, "detector.pure_svm.positive_fraction=0.1", "+detector.pure_svm.hard_fraction=0",
                    "detector.svm.mined_negatives=50")
     assert "autoencoder epoch 0: train loss" in proc.stdout
@@ -51,10 +52,13 @@ def test_train_then_evaluate_lstm_svm(run_cli, outputs):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["detectors"]) == {"lstm_svm", "svm", "logistic", "rise"} and manifest["primary"] == "lstm_svm"
     assert set(manifest["files"]) == {"lstm.ckpt", "lstm_svm.skops", "svm.skops", "logistic.skops", "rise.skops"}
-    # every learned detector carries the alert threshold calibrated on the validation day
+    # every learned detector carries the alert threshold calibrated on the two calibration days (and,
+    # 24 h of clean air being more than their 2 x 2 h, the training day)
+    assert "calibrating on 3 series (2 validation)" in proc.stdout + proc.stderr
     for kind, entry in manifest["detectors"].items():
         op = entry["operating_point"]
         assert op["calibrated"] and 0 < op["probability"] < 1 and op["budget_false_alerts_per_day"] == 1.0, kind
+        assert op["validation_series"] == 3, kind
         assert metrics[f"{kind}/alert_probability"] == op["probability"]
 
     proc = run_cli("task=gasleak", "evaluate", *TINY)

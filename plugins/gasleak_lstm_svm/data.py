@@ -401,6 +401,10 @@ class GasDataModule(TaskData, L.LightningDataModule):
             self._series[split] = found
         return self._series[split]
 
+    def series_for_calibration(self) -> list[Series]:
+        """The series the alert calibration starts from: the validation series (the simulator adds days)."""
+        return self.series("val")
+
     def windows(self, split: str, stride: int | None = None) -> Windows:
         stride = stride or {"train": self.train_stride, "val": self.val_stride}.get(split, self.eval_stride)
         return Windows(self.series(split), self.window, stride, spec=self.spec)
@@ -474,14 +478,23 @@ class SimulatorDataModule(GasDataModule):
     ``domain_fraction`` of the train and validation days (and every test day with ``domain_test``)
     come from the randomised domain (``simulator.DomainRanges``, overridden by ``domain``); their
     series ids end in ``-domain`` and ``meta["domain"]`` holds the drawn sensor and site (None on
-    standard days). The default 0 is the standard simulator."""
+    standard days). The default 0 is the standard simulator.
+
+    ``calibration_days``: the days the alert calibration starts from (``series_for_calibration``):
+    the validation days and more of their kind until there are this many (None: the validation
+    days). A budget of one false alert a day is judged on their clean air, and two days cannot
+    tell 0.5 a day from 2; the simulator can make as many days as that needs."""
 
     def __init__(self, seconds_per_day: int = 86400, train_days: int = 4, val_days: int = 1, test_days: int = 7,
                  leaks_per_hour: float = 1 / 6, min_leaks_per_day: int = 1, hard_negatives_per_hour: float = 1.0,
                  start_hour: float = 0.0, seed: int = 0, domain_fraction: float = 0.0, domain_test: bool = False,
-                 domain: dict | None = None, **kwargs):
+                 domain: dict | None = None, calibration_days: int | None = None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.seconds_per_day, self.start_hour = seconds_per_day, start_hour
+        if calibration_days is not None and (isinstance(calibration_days, bool) or not isinstance(calibration_days, int)
+                                             or calibration_days < 1):
+            raise UserError(f"data.calibration_days must be a whole number of days (1 or more) or null, got {calibration_days!r}")
+        self.calibration_days = calibration_days
         self.days = {"train": train_days, "val": val_days, "test": test_days}
         self.leaks_per_hour, self.hard_negatives_per_hour = leaks_per_hour, hard_negatives_per_hour
         self.min_leaks_per_day = min_leaks_per_day
@@ -493,17 +506,26 @@ class SimulatorDataModule(GasDataModule):
         except (TypeError, ValueError) as e:
             raise UserError(f"data.domain: {e}") from None
 
+    def series_for_calibration(self) -> list[Series]:
+        """The validation days, then the next days of the validation seeds up to ``calibration_days``."""
+        if "calibration" not in self._series:
+            days = max(self.calibration_days or 0, self.days["val"])
+            randomised = randomised_days(days, self.domain_fraction["val"])
+            self._series["calibration"] = self.series("val") + [self._day("val", d, randomised[d])
+                                                                for d in range(self.days["val"], days)]
+        return self._series["calibration"]
+
     def load_series(self, split: str) -> list[Series]:
+        return [self._day(split, d, r) for d, r in enumerate(randomised_days(self.days[split], self.domain_fraction[split]))]
+
+    def _day(self, split: str, day: int, randomised: bool) -> Series:
         base = {"train": 0, "val": 10_000, "test": 20_000}[split]  # disjoint seeds per split
-        out = []
-        for day, randomised in enumerate(randomised_days(self.days[split], self.domain_fraction[split])):
-            sim = simulate_series(self.seconds_per_day, seed=self.seed * 100_000 + base + day, start_hour=self.start_hour,
-                                  leaks_per_hour=self.leaks_per_hour, hard_negatives_per_hour=self.hard_negatives_per_hour,
-                                  min_leaks=self.min_leaks_per_day, domain=self.domain if randomised else None)
-            signal = np.column_stack([sim[c] for c in CHANNELS]).astype(np.float32)
-            out.append(Series(f"{split}-day{day}" + ("-domain" if randomised else ""), signal, sim["label"], sim["time"],
-                              sim["events"], {"hard_negatives": sim["hard_negatives"], "domain": sim["domain"]}))
-        return out
+        sim = simulate_series(self.seconds_per_day, seed=self.seed * 100_000 + base + day, start_hour=self.start_hour,
+                              leaks_per_hour=self.leaks_per_hour, hard_negatives_per_hour=self.hard_negatives_per_hour,
+                              min_leaks=self.min_leaks_per_day, domain=self.domain if randomised else None)
+        signal = np.column_stack([sim[c] for c in CHANNELS]).astype(np.float32)
+        return Series(f"{split}-day{day}" + ("-domain" if randomised else ""), signal, sim["label"], sim["time"],
+                      sim["events"], {"hard_negatives": sim["hard_negatives"], "domain": sim["domain"]})
 
 
 class CsvDataModule(GasDataModule):

@@ -197,7 +197,7 @@ def fit_stage2(cfg: DictConfig, dm: GasDataModule, kind: str, encoder=None, best
     budget = float(cfg.alerts.false_alarms_per_day)
     ccfg = cfg.alerts.get("calibration") or {}
     counts, levels = calibration_candidates(cfg, rules)
-    val = dm.series("val")
+    val = dm.series_for_calibration()
     series = calibration_series(val, dm.series("train"), float(ccfg.get("min_clean_hours", 0)), cfg.seed)
     clean_h = clean_hours(series)
     log.info("calibrating on %d series (%d validation), %.1f h of clean air", len(series), len(val), clean_h)
