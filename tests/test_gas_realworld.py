@@ -405,6 +405,34 @@ def test_calibration_meets_its_false_alert_budget():
     assert not strict["met_budget"] and strict["probability"] == max(GRID)
 
 
+def test_calibration_stops_lowering_a_rule_past_twice_its_budget(monkeypatch):
+    """Probabilities are tried from the highest down; the first that lets through more than twice
+    the budget is the last tried (each of its 40 bait bumps a day is over a lower one too)."""
+    import plugins.gasleak_lstm_svm.scoring as scoring
+
+    series, probs = _constructed(days=2, seed=0)
+    rules = AlertRules()
+
+    def false_per_day(p):
+        per = [score_alerts(s, replay_series(replace(rules, probability=p), s, pr)) for s, pr in zip(series, probs)]
+        return summarise(per)["false_alerts_per_day"]
+
+    tried = []
+
+    def spy(r, s, p):
+        tried.append(r.probability)
+        return replay_series(r, s, p)
+
+    monkeypatch.setattr(scoring, "replay_series", spy)
+    op = calibrate(series, probs, rules, false_alerts_per_day=1.0)
+    monkeypatch.undo()
+    levels = sorted(set(tried), reverse=True)
+    assert levels == [g for g in scoring.GRID if g >= levels[-1]][::-1]  # from the top, none skipped
+    assert false_per_day(levels[-1]) > 2.0 and all(false_per_day(p) <= 2.0 for p in levels[:-1])
+    assert levels[-1] > min(scoring.GRID)  # it stopped: the lower half of the grid was never replayed
+    assert op["met_budget"] and op["probability"] in levels[:-1]
+
+
 def _bumpy_days(release_p: float, seed: int) -> tuple[list, list]:
     """Two days of validation probabilities: a 10-minute release every 14,000 s at ``release_p``,
     and about 30 clean-air bumps of 6 s at 0.9999 a day, apart from the releases."""
