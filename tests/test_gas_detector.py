@@ -140,6 +140,15 @@ def test_no_lstm_and_no_svm_falls_back_to_threshold(trained, tmp_path):
     assert "no Pure SVM in the bundle" in fallen.fallback_reason
 
 
+def test_bundle_records_the_versions_it_was_trained_with(trained):
+    import sklearn
+    import torch
+
+    versions = json.loads((trained["bundle"] / "manifest.json").read_text())["trained_with"]
+    assert versions["torch"] == torch.__version__ and versions["scikit-learn"] == sklearn.__version__
+    assert versions["numpy"] == np.__version__ and versions["python"].count(".") == 2
+
+
 @pytest.mark.parametrize("target", ["svm.skops", "lstm_svm.skops"])
 def test_tampered_or_truncated_sklearn_file_is_refused(trained, tmp_path, target):
     bundle = copy_bundle(trained, tmp_path)

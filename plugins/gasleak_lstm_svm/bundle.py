@@ -45,6 +45,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def trained_with() -> dict:
+    """The versions that made a bundle: an LSTM retrained with the same code and seed under other
+    library versions can come out different (README, "Measured"), so a figure names its environment."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("lightning-hydra-tasks", "torch", "lightning", "numpy", "scikit-learn", "skops"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _params(det: Detector) -> dict:
     return {k: v for k, v in det.get_params(deep=False).items() if k not in _NOT_SAVED}
 
@@ -64,7 +79,7 @@ def save_bundle(bundle_dir, detector: Detector, threshold: ThresholdDetector | N
         "channels": ["gas_concentration", "temperature", "humidity"],
         "primary": detector.kind, "detectors": {},
         "threshold": {"warning_ppm": float(threshold.warning_ppm), "danger_ppm": float(threshold.danger_ppm)},
-        "files": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "meta": meta,
+        "files": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "trained_with": trained_with(), "meta": meta,
     }
     svm = detector.fallback if isinstance(detector, LSTMSVMDetector) else detector if isinstance(detector, SVMDetector) else None
     members = [d for d in (svm, *baselines) if d is not None and d.is_trained]
