@@ -147,6 +147,7 @@ def test_bundle_records_the_versions_it_was_trained_with(trained):
     versions = json.loads((trained["bundle"] / "manifest.json").read_text())["trained_with"]
     assert versions["torch"] == torch.__version__ and versions["scikit-learn"] == sklearn.__version__
     assert versions["numpy"] == np.__version__ and versions["python"].count(".") == 2
+    assert versions["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 @pytest.mark.parametrize("target", ["svm.skops", "lstm_svm.skops"])

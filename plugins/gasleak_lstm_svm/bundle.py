@@ -46,12 +46,16 @@ def sha256(path: Path) -> str:
 
 
 def trained_with() -> dict:
-    """The versions that made a bundle: an LSTM retrained with the same code and seed under other
-    library versions can come out different (README, "Measured"), so a figure names its environment."""
+    """The versions and CPU that made a bundle: an LSTM retrained with the same code and seed in
+    another environment can come out different (README, "Measured"), so a figure names its own.
+    ``cpu_capability`` is the instruction set torch picked its kernels for (their sums round apart)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    import torch
+
+    out = {"python": platform.python_version(), "machine": platform.machine(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name in ("lightning-hydra-tasks", "torch", "lightning", "numpy", "scikit-learn", "skops"):
         try:
             out[name] = version(name)
